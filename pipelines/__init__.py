@@ -1,0 +1,1 @@
+"""Data pipelines: UTKFace indexing, labels and the shared train/val/test split."""
