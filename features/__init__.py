@@ -1,0 +1,18 @@
+"""Image loading and feature extractors (scikit-learn transformers).
+
+Imports numpy, Pillow, scikit-image, scikit-learn and joblib only; never tensorflow.
+"""
+from features.extract import EXTRACTORS, extract_features, file_stamps, make_extractor
+from features.hog import HOGFeatures, hog_batch
+from features.io import (ImageLoadError, LoadReport, image_from_array, load_image,
+                         load_images, map_image_chunks)
+from features.lbp import LBPFeatures, lbp_codes, lbp_histograms
+from features.loader import ImageLoader
+from features.pixels import PixelFeatures, eigenfaces
+
+__all__ = [
+    "EXTRACTORS", "HOGFeatures", "ImageLoadError", "ImageLoader", "LBPFeatures", "LoadReport",
+    "PixelFeatures", "eigenfaces", "extract_features", "file_stamps", "hog_batch",
+    "image_from_array", "lbp_codes", "lbp_histograms", "load_image", "load_images",
+    "make_extractor", "map_image_chunks",
+]

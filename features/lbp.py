@@ -46,23 +46,43 @@ class _Neighbour:
         self.row_step = int(self.frac_rows.any())
         self.col_step = int(self.frac_cols.any())
 
-    def exact(self, padded: np.ndarray, pad: int, pixels: np.ndarray,
-              shape: tuple[int, int, int]) -> np.ndarray:
-        """scikit-image's float64 interpolation at flat pixel indices of an (n, H, W) chunk."""
-        _, height, width = shape
-        padded_height, padded_width = padded.shape[1:]
-        image, within = np.divmod(pixels, height * width)
-        rows, cols = np.divmod(within, width)
-        top_left_index = ((image * padded_height + rows + pad + self.row_shift) * padded_width
-                          + cols + pad + self.col_shift)
+    @property
+    def on_grid(self) -> bool:
+        return not (self.row_step or self.col_step)
+
+
+class _ExactSampler:
+    """scikit-image's float64 bilinear sampling at scattered (neighbour, pixel) pairs.
+
+    Works on a padded chunk (n, H + 2 pad, W + 2 pad) flattened; per neighbour and
+    pixel of an (H, W) image it keeps the flat offset of the top-left source pixel
+    and the row and column fractions.
+    """
+
+    def __init__(self, neighbours: list[_Neighbour], height: int, width: int, pad: int):
+        self.height, self.width, self.pad = height, width, pad
+        padded_width = width + 2 * pad
+        rows, cols = np.divmod(np.arange(height * width), width)
+        self.top_left = np.stack([(rows + pad + n.row_shift) * padded_width
+                                  + cols + pad + n.col_shift for n in neighbours])
+        self.frac_rows = np.stack([n.frac_rows[rows] for n in neighbours])
+        self.frac_cols = np.stack([n.frac_cols[cols] for n in neighbours])
+        self.steps = np.array([(0, n.col_step, n.row_step * padded_width,
+                                n.row_step * padded_width + n.col_step) for n in neighbours])
+
+    def bits(self, padded: np.ndarray, chunk: np.ndarray, pairs: np.ndarray) -> np.ndarray:
+        """``neighbour >= centre`` at flat indices ``pairs`` of a (P, n, H, W) array."""
+        pixels = self.height * self.width
+        neighbour, position = np.divmod(pairs, len(chunk) * pixels)
+        image, pixel = np.divmod(position, pixels)
+        top_left = image * padded[0].size + self.top_left[neighbour, pixel]
         flat = padded.reshape(-1)
-        top_left, top_right, bottom_left, bottom_right = (
-            flat[top_left_index + dr * padded_width + dc].astype(np.float64)
-            for dr in (0, self.row_step) for dc in (0, self.col_step))
-        dr, dc = self.frac_rows[rows], self.frac_cols[cols]
-        top = (1 - dc) * top_left + dc * top_right
+        top_left_v, top_right, bottom_left, bottom_right = (
+            flat[top_left + self.steps[neighbour, k]].astype(np.float64) for k in range(4))
+        dr, dc = self.frac_rows[neighbour, pixel], self.frac_cols[neighbour, pixel]
+        top = (1 - dc) * top_left_v + dc * top_right
         bottom = (1 - dc) * bottom_left + dc * bottom_right
-        return (1 - dr) * top + dr * bottom
+        return (1 - dr) * top + dr * bottom >= chunk.reshape(-1)[position].astype(np.float64)
 
 
 def _interpolate_columns(padded32: np.ndarray, neighbour: _Neighbour, pad: int,
@@ -78,20 +98,21 @@ def _interpolate_columns(padded32: np.ndarray, neighbour: _Neighbour, pad: int,
     return out
 
 
-def _neighbour_bits(chunk: np.ndarray, padded: np.ndarray, by_columns: np.ndarray,
-                    centre32: np.ndarray, neighbour: _Neighbour, pad: int,
-                    margin: float) -> np.ndarray:
-    """Bit ``neighbour >= centre`` for every pixel of a chunk, shape (n, H, W).
+def _approximate_bits(chunk: np.ndarray, padded: np.ndarray, by_columns: np.ndarray,
+                      centre32: np.ndarray, neighbour: _Neighbour, pad: int, margin: float,
+                      out: np.ndarray) -> np.ndarray:
+    """Write ``neighbour >= centre`` for a chunk into ``out`` (n, H, W); return the flat
+    indices of the pixels whose float32 sample lies within ``margin`` of the centre.
 
     ``by_columns`` is the chunk already sampled along columns (float32); the rows are
-    sampled here. Pixels whose float32 value lies within ``margin`` of the centre are
-    recomputed exactly.
+    sampled here.
     """
     _, height, width = chunk.shape
     r0 = pad + neighbour.row_shift
-    if not (neighbour.row_step or neighbour.col_step):
+    if neighbour.on_grid:
         c0 = pad + neighbour.col_shift
-        return padded[:, r0:r0 + height, c0:c0 + width] >= chunk
+        np.greater_equal(padded[:, r0:r0 + height, c0:c0 + width], chunk, out=out)
+        return np.empty(0, dtype=np.int64)
     if neighbour.row_step:
         dr = np.float32(neighbour.frac_rows[0])
         value = by_columns[:, r0:r0 + height] * (1 - dr)
@@ -99,12 +120,8 @@ def _neighbour_bits(chunk: np.ndarray, padded: np.ndarray, by_columns: np.ndarra
         value -= centre32
     else:
         value = by_columns[:, r0:r0 + height] - centre32
-    bits = value >= 0
-    close = np.flatnonzero(np.abs(value, out=value) <= margin)
-    if close.size:
-        exact = neighbour.exact(padded, pad, close, chunk.shape)
-        bits.reshape(-1)[close] = exact >= chunk.reshape(-1)[close].astype(np.float64)
-    return bits
+    np.greater_equal(value, 0, out=out)
+    return np.flatnonzero(np.abs(value, out=value) <= margin)
 
 
 def lbp_codes(images: np.ndarray, n_points: int = 8, radius: float = 1.0) -> np.ndarray:
@@ -132,6 +149,7 @@ def lbp_codes(images: np.ndarray, n_points: int = 8, radius: float = 1.0) -> np.
     pad = int(np.ceil(radius)) + 1
     neighbours = [_Neighbour(r, c, height, width)
                   for r, c in zip(*_neighbour_offsets(n_points, radius))]
+    exact = _ExactSampler(neighbours, height, width, pad)
     codes = np.empty(images.shape, dtype=np.uint8)
     for start in range(0, n_images, _CHUNK):
         chunk = np.ascontiguousarray(images[start:start + _CHUNK])
@@ -140,19 +158,20 @@ def lbp_codes(images: np.ndarray, n_points: int = 8, radius: float = 1.0) -> np.
         centre32 = padded32[:, pad:pad + height, pad:pad + width]
         margin = _RELATIVE_MARGIN * max(1.0, float(np.abs(padded32).max()))
         by_columns = {}
-        ones = np.zeros(chunk.shape, dtype=np.uint8)
-        changes = np.zeros(chunk.shape, dtype=np.uint8)
-        previous = None
-        for neighbour in neighbours:
+        bits = np.empty((n_points, *chunk.shape), dtype=bool)
+        close = []
+        for k, neighbour in enumerate(neighbours):
             key = (neighbour.col_shift, neighbour.frac_cols[0])
             if key not in by_columns:
                 by_columns[key] = _interpolate_columns(padded32, neighbour, pad, width)
-            bits = _neighbour_bits(chunk, padded, by_columns[key], centre32, neighbour, pad,
-                                   margin)
-            ones += bits
-            if previous is not None:
-                changes += bits != previous
-            previous = bits
+            close.append(_approximate_bits(chunk, padded, by_columns[key], centre32,
+                                           neighbour, pad, margin, bits[k])
+                         + k * chunk.size)
+        close = np.concatenate(close)
+        if close.size:
+            bits.reshape(-1)[close] = exact.bits(padded, chunk, close)
+        ones = bits.sum(axis=0, dtype=np.uint8)
+        changes = (bits[1:] != bits[:-1]).sum(axis=0, dtype=np.uint8)
         ones[changes > 2] = n_points + 1
         codes[start:start + _CHUNK] = ones
     return codes

@@ -1,0 +1,116 @@
+"""Extraction speed on a UTKFace folder: batched extractors against scikit-image.
+
+Usage::
+
+    python -m benchmarks.extract_speed [--data DIR] [--sample 500] [--n-jobs 2]
+
+Prints, from one run:
+1. single process, on ``--sample`` faces already decoded: batched HOG against
+   ``skimage.feature.hog`` per image, and batched LBP grid histograms against
+   ``skimage.feature.local_binary_pattern`` + ``np.histogram`` per cell, per image;
+2. the whole folder with ``--n-jobs`` processes: decode + resize alone, against
+   decode + resize + HOG + LBP features.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import platform
+import time
+
+import numpy as np
+
+from features.hog import HOGFeatures
+from features.io import map_image_chunks
+from features.lbp import LBPFeatures
+from pipelines.dataset import default_data_dir, index_folder
+
+
+def _best_time(function, repeat: int = 3) -> float:
+    best = float("inf")
+    for _ in range(repeat):
+        start = time.perf_counter()
+        function()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def skimage_hog_per_image(images: np.ndarray, hog: HOGFeatures) -> np.ndarray:
+    """Reference: ``skimage.feature.hog`` called on each image."""
+    from skimage.feature import hog as skimage_hog
+
+    return np.stack([skimage_hog(image[..., 0], hog.orientations, hog.pixels_per_cell,
+                                 hog.cells_per_block, hog.block_norm) for image in images])
+
+
+def skimage_lbp_per_image(images: np.ndarray, lbp: LBPFeatures) -> np.ndarray:
+    """Reference: ``local_binary_pattern`` then ``np.histogram`` per grid cell, per image."""
+    from skimage.feature import local_binary_pattern
+
+    n_codes = lbp.n_points + 2
+    rows_per_cell = images.shape[1] // lbp.grid[0]
+    cols_per_cell = images.shape[2] // lbp.grid[1]
+    features = []
+    for image in images:
+        codes = local_binary_pattern(image[..., 0], lbp.n_points, lbp.radius, "uniform")
+        cells = [np.histogram(codes[r:r + rows_per_cell, c:c + cols_per_cell], bins=n_codes,
+                              range=(0, n_codes), density=True)[0]
+                 for r in range(0, lbp.grid[0] * rows_per_cell, rows_per_cell)
+                 for c in range(0, lbp.grid[1] * cols_per_cell, cols_per_cell)]
+        features.append(np.concatenate(cells))
+    return np.stack(features)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--data", default=str(default_data_dir()),
+                        help="UTKFace folder (default: %(default)s)")
+    parser.add_argument("--sample", type=int, default=500,
+                        help="faces for the single-process comparison (default: %(default)s)")
+    parser.add_argument("--n-jobs", type=int, default=os.cpu_count(),
+                        help="processes for the whole-folder run (default: %(default)s)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+
+    index = index_folder(args.data)
+    paths = index.paths
+    sample = map_image_chunks(paths[:: max(1, len(paths) // args.sample)][:args.sample],
+                              progress=False).images
+    hog, lbp = HOGFeatures(), LBPFeatures()
+    print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
+          f"{len(sample)} faces 128x128 gray, single process")
+    rows = []
+    for name, ours, reference in [
+            ("HOG 9 orient., 8x8 cells, 2x2 blocks", lambda: hog.transform(sample),
+             lambda: skimage_hog_per_image(sample, hog)),
+            ("LBP P=8 R=1 uniform, 8x8 grid hist.", lambda: lbp.transform(sample),
+             lambda: skimage_lbp_per_image(sample, lbp))]:
+        t_ours, t_ref = _best_time(ours), _best_time(reference, repeat=1)
+        rows.append((name, t_ref / len(sample) * 1e3, t_ours / len(sample) * 1e3, t_ref / t_ours))
+    print(f"{'extractor':40s} {'skimage ms/face':>16s} {'batched ms/face':>16s} {'speed-up':>9s}")
+    for name, ref_ms, ours_ms, ratio in rows:
+        print(f"{name:40s} {ref_ms:16.3f} {ours_ms:16.3f} {ratio:8.1f}x")
+
+    # whole folder; a warm-up call starts the worker processes first
+    map_image_chunks(paths[:64], n_jobs=args.n_jobs, progress=False)
+
+    def features(batch: np.ndarray) -> np.ndarray:
+        return np.hstack([hog.transform(batch), lbp.transform(batch)])
+
+    start = time.perf_counter()
+    decoded = map_image_chunks(paths, n_jobs=args.n_jobs, description="decode + resize")
+    t_decode = time.perf_counter() - start
+    start = time.perf_counter()
+    extracted = map_image_chunks(paths, transform=features, n_jobs=args.n_jobs,
+                                 description="decode + resize + HOG + LBP")
+    t_extract = time.perf_counter() - start
+    print(f"\nwhole folder, {len(paths)} faces, {args.n_jobs} processes")
+    print(f"decode + resize:              {t_decode:7.1f} s  {len(decoded.kept) / t_decode:7.0f} faces/s")
+    print(f"decode + resize + HOG + LBP:  {t_extract:7.1f} s  "
+          f"{len(extracted.kept) / t_extract:7.0f} faces/s  ({extracted.images.shape[1]} features)")
+    print(f"ratio: {t_extract / t_decode:.2f}x the time of decoding alone")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,97 @@
+"""Named extractors, and extraction over many files: parallel, reported, cached on disk."""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Sequence
+
+from joblib import Memory
+from sklearn.base import clone
+from sklearn.pipeline import FeatureUnion
+
+from features.hog import HOGFeatures
+from features.io import DEFAULT_SIZE, LoadReport, map_image_chunks
+from features.lbp import LBPFeatures
+from features.pixels import PixelFeatures
+
+logger = logging.getLogger(__name__)
+
+EXTRACTORS = {
+    "pixels": PixelFeatures(),
+    "hog": HOGFeatures(),
+    "lbp": LBPFeatures(),
+    "hog+lbp": FeatureUnion([("hog", HOGFeatures()), ("lbp", LBPFeatures())]),
+}
+
+
+def make_extractor(name: str):
+    """A fresh stateless extractor by name: ``pixels``, ``hog``, ``lbp`` or ``hog+lbp``.
+
+    Learnt steps such as PCA belong to the model pipeline after these (see
+    :func:`features.pixels.eigenfaces`).
+    """
+    if name not in EXTRACTORS:
+        raise ValueError(f"unknown extractor {name!r}; choose from {sorted(EXTRACTORS)}")
+    return clone(EXTRACTORS[name])
+
+
+def file_stamps(paths: Sequence[str]) -> list[tuple[int, int]]:
+    """(size, modification time in ns) of each file; (-1, -1) for a missing file.
+
+    Part of the cache key, so that a changed, replaced or deleted image is read again.
+    """
+    stamps = []
+    for path in paths:
+        try:
+            stat = os.stat(path)
+            stamps.append((stat.st_size, stat.st_mtime_ns))
+        except OSError:
+            stamps.append((-1, -1))
+    return stamps
+
+
+def _extract(paths: list[str], stamps: list[tuple[int, int]], extractor, size: tuple[int, int],
+             color: str, n_jobs: int, progress: bool) -> LoadReport:
+    """Cached unit of work; ``stamps`` only takes part in the cache key."""
+    return map_image_chunks(paths, size, color, extractor.transform, n_jobs,
+                            progress=progress, description=f"extracting {type(extractor).__name__}")
+
+
+def extract_features(paths: Sequence[str | os.PathLike], extractor, *,
+                     size: tuple[int, int] = DEFAULT_SIZE, color: str = "gray",
+                     n_jobs: int = 1, cache_dir: str | os.PathLike | None = None,
+                     progress: bool = True) -> LoadReport:
+    """Decode, resize and transform image files with a stateless extractor.
+
+    Parameters
+    ----------
+    paths : sequence of path-like
+        Image files.
+    extractor : transformer
+        Stateless (``HOGFeatures``, ``LBPFeatures``, ``PixelFeatures`` or a
+        ``FeatureUnion`` of them); it runs inside the worker processes.
+    size, color
+        Image size (height, width) and ``"gray"``/``"rgb"``.
+    n_jobs : int
+        Worker processes.
+    cache_dir : path-like, optional
+        Folder of a joblib on-disk cache. The key is the paths, each file's size and
+        modification time, the extractor's parameters, size and colour: the same
+        files with the same settings are read from disk, and a changed image or
+        setting extracts again.
+    progress : bool
+        Show a progress bar.
+
+    Returns
+    -------
+    LoadReport
+        ``images`` holds the feature rows (float32) of the files that could be read,
+        ``kept`` their positions in ``paths`` and ``failures`` the skipped files.
+    """
+    paths = [os.fspath(p) for p in paths]
+    if cache_dir is None:
+        return _extract(paths, None, extractor, size, color, n_jobs, progress)
+    memory = Memory(Path(cache_dir), verbose=0)
+    cached = memory.cache(_extract, ignore=["n_jobs", "progress"])
+    return cached(paths, file_stamps(paths), extractor, tuple(size), color, n_jobs, progress)
