@@ -1,0 +1,80 @@
+"""Batched uniform LBP against skimage.feature.local_binary_pattern."""
+from __future__ import annotations
+
+import warnings
+
+import joblib
+import numpy as np
+import pytest
+from skimage.feature import local_binary_pattern
+from sklearn.pipeline import FeatureUnion, Pipeline
+
+from features.hog import HOGFeatures
+from features.lbp import LBPFeatures, lbp_codes, lbp_histograms
+
+NEIGHBOURHOODS = [(8, 1), (16, 2), (8, 1.5), (24, 3), (4, 1)]
+
+
+def reference_codes(images: np.ndarray, n_points: int, radius: float) -> np.ndarray:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # skimage warns on float images
+        return np.stack([local_binary_pattern(image, n_points, radius, "uniform")
+                         for image in images]).astype(np.uint8)
+
+
+def tie_heavy_images() -> np.ndarray:
+    """Flat areas and +-1 noise: neighbours equal to the centre up to float64 rounding."""
+    rng = np.random.default_rng(2)
+    images = np.full((3, 40, 40), 100, dtype=np.uint8)
+    images[:, 10:30, 10:30] = rng.integers(99, 102, (3, 20, 20))
+    images[2] = 255
+    return images
+
+
+@pytest.mark.parametrize("n_points,radius", NEIGHBOURHOODS)
+def test_codes_identical_to_skimage(n_points, radius, face_images) -> None:
+    rng = np.random.default_rng(0)
+    for images in (face_images[:8, ..., 0], rng.integers(0, 256, (4, 37, 41), dtype=np.uint8),
+                   tie_heavy_images()):
+        np.testing.assert_array_equal(lbp_codes(images, n_points, radius),
+                                      reference_codes(images, n_points, radius))
+
+
+def test_float_images_identical_to_skimage() -> None:
+    images = np.random.default_rng(3).random((3, 30, 30))
+    np.testing.assert_array_equal(lbp_codes(images), reference_codes(images, 8, 1))
+
+
+def test_histograms_match_per_cell_numpy_histogram(face_images) -> None:
+    faces = face_images[:4, ..., 0]
+    grid = (4, 4)
+    histograms = lbp_histograms(faces, 8, 1, grid).reshape(4, 16, 10)
+    for image, features in zip(faces, histograms):
+        codes = reference_codes(image[None], 8, 1)[0]
+        cells = [codes[r:r + 32, c:c + 32] for r in range(0, 128, 32) for c in range(0, 128, 32)]
+        expected = [np.histogram(cell, bins=10, range=(0, 10))[0] / cell.size for cell in cells]
+        np.testing.assert_allclose(features, expected, atol=1e-7)
+
+
+def test_uneven_grid_covers_every_pixel() -> None:
+    histograms = lbp_histograms(np.zeros((2, 30, 29), np.uint8), 8, 1, (4, 3))
+    assert histograms.shape == (2, 4 * 3 * 10)
+    np.testing.assert_allclose(histograms.reshape(2, 12, 10).sum(axis=-1), 1, atol=1e-6)
+
+
+def test_argument_errors() -> None:
+    with pytest.raises(ValueError, match="n_points"):
+        lbp_codes(np.zeros((1, 8, 8), np.uint8), 0, 1)
+    with pytest.raises(ValueError, match="cells"):
+        lbp_histograms(np.zeros((1, 8, 8), np.uint8), grid=(9, 2))
+
+
+def test_concatenated_extractors_in_pipeline_survive_joblib(tmp_path, face_images) -> None:
+    union = Pipeline([("features", FeatureUnion([("hog", HOGFeatures()),
+                                                  ("lbp", LBPFeatures(grid=(4, 4)))]))])
+    expected = np.hstack([HOGFeatures().transform(face_images),
+                          LBPFeatures(grid=(4, 4)).transform(face_images)])
+    joblib.dump(union, tmp_path / "union.joblib")
+    restored = joblib.load(tmp_path / "union.joblib")
+    np.testing.assert_array_equal(restored.transform(face_images), expected)
+    assert restored.get_params()["features__lbp__grid"] == (4, 4)
