@@ -96,23 +96,33 @@ def _bins_and_magnitudes(images: np.ndarray, orientations: int,
             np.hypot(g_col, g_row))
 
 
+@lru_cache(maxsize=16)
+def _histogram_slots(n_images: int, height: int, width: int, orientations: int,
+                     pixels_per_cell: tuple[int, int]) -> np.ndarray:
+    """Per pixel of an (n, H, W) batch, the first slot of its (image, cell) histogram in
+    one flat array of ``orientations + 1`` slots per cell; the extra slot per cell, and
+    one slot past the end for pixels outside every full cell, collect discarded votes."""
+    cell_rows, cell_cols = pixels_per_cell
+    n_cells_row, n_cells_col = height // cell_rows, width // cell_cols
+    rows, cols = np.arange(height) // cell_rows, np.arange(width) // cell_cols
+    cell = rows[:, None] * n_cells_col + cols
+    cell[(rows >= n_cells_row)[:, None] | (cols >= n_cells_col)] = -1
+    n_slots = n_cells_row * n_cells_col * (orientations + 1)
+    slots = np.arange(n_images)[:, None, None] * n_slots + cell * (orientations + 1)
+    slots[:, cell < 0] = n_images * n_slots
+    return slots
+
+
 def _cell_histograms(bins: np.ndarray, magnitudes: np.ndarray, orientations: int,
                      pixels_per_cell: tuple[int, int]) -> np.ndarray:
     """Sum of magnitudes per (image, cell, orientation) divided by the cell area."""
     n_images, height, width = bins.shape
-    cell_rows, cell_cols = pixels_per_cell
-    n_cells_row, n_cells_col = height // cell_rows, width // cell_cols
-    bins = bins[:, :n_cells_row * cell_rows, :n_cells_col * cell_cols]
-    magnitudes = magnitudes[:, :n_cells_row * cell_rows, :n_cells_col * cell_cols]
-    cell_of_pixel = ((np.arange(n_cells_row * cell_rows) // cell_rows)[:, None] * n_cells_col
-                     + np.arange(n_cells_col * cell_cols) // cell_cols)
-    n_cells = n_cells_row * n_cells_col
-    image_offset = np.arange(n_images)[:, None, None] * (n_cells * (orientations + 1))
-    flat = image_offset + cell_of_pixel * (orientations + 1) + bins
-    sums = np.bincount(flat.ravel(), weights=magnitudes.ravel(),
-                       minlength=n_images * n_cells * (orientations + 1))
-    histograms = sums.reshape(n_images, n_cells_row, n_cells_col, orientations + 1)
-    return histograms[..., :orientations] / (cell_rows * cell_cols)
+    n_cells_row, n_cells_col = height // pixels_per_cell[0], width // pixels_per_cell[1]
+    slots = _histogram_slots(n_images, height, width, orientations, pixels_per_cell) + bins
+    n_slots = n_images * n_cells_row * n_cells_col * (orientations + 1)
+    sums = np.bincount(slots.ravel(), weights=magnitudes.ravel(), minlength=n_slots + 1)
+    histograms = sums[:n_slots].reshape(n_images, n_cells_row, n_cells_col, orientations + 1)
+    return histograms[..., :orientations] / (pixels_per_cell[0] * pixels_per_cell[1])
 
 
 def _normalize_blocks(blocks: np.ndarray, method: str) -> np.ndarray:

@@ -3,12 +3,16 @@
 The codes equal ``skimage.feature.local_binary_pattern(image, P, R, "uniform")``
 bit for bit. scikit-image samples each circular neighbour by bilinear interpolation
 in float64 and compares it with the centre; where a neighbour is a weighted mix of
-equal pixels, that float64 rounding decides the bit, so it must be reproduced
-exactly. Here the interpolation runs in float32 over the whole batch, and only the
-pixels whose float32 value lies within a safe margin of the centre are recomputed
-with scikit-image's exact float64 arithmetic.
+pixels that equals the centre, float64 rounding decides the bit, so it must be
+reproduced exactly. Here the interpolation runs in float32 over the whole batch;
+the pixels whose float32 value lies within a safe margin of the centre are settled
+exactly: in flat areas (all source pixels equal to the centre, the common case) from
+a table of scikit-image's float64 outcome per grey level, elsewhere by recomputing
+scikit-image's float64 arithmetic at those pixels.
 """
 from __future__ import annotations
+
+from functools import lru_cache
 
 import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin
@@ -16,8 +20,8 @@ from sklearn.base import BaseEstimator, TransformerMixin
 from features._batch import as_image_batch, to_gray
 
 _CHUNK = 16
-# float32 interpolation error is below 4 * 2**-24 of the largest value; 1e-5 leaves
-# a wide margin, and every pixel inside it is recomputed exactly
+# float32 interpolation error is below 8 * 2**-24 of the largest value; 1e-5 leaves
+# a wide margin, and every pixel inside it is settled exactly
 _RELATIVE_MARGIN = 1e-5
 
 
@@ -45,44 +49,55 @@ class _Neighbour:
         self.col_shift = int(np.floor(cols[0]))
         self.row_step = int(self.frac_rows.any())
         self.col_step = int(self.frac_cols.any())
+        self.flat_bit = self._flat_outcome()
 
     @property
     def on_grid(self) -> bool:
         return not (self.row_step or self.col_step)
 
+    def _flat_outcome(self) -> bool | None:
+        """scikit-image's bit where all source pixels equal the centre, for 8-bit grey
+        levels: True or False when the same at every pixel and level, else None."""
+        level = np.arange(256, dtype=np.float64)
+        dr = np.unique(self.frac_rows)[:, None, None]
+        dc = np.unique(self.frac_cols)[None, :, None]
+        top = (1 - dc) * level + dc * level
+        bits = (1 - dr) * top + dr * top >= level
+        return bool(bits.flat[0]) if (bits == bits.flat[0]).all() else None
 
-class _ExactSampler:
-    """scikit-image's float64 bilinear sampling at scattered (neighbour, pixel) pairs.
+    def corners(self, padded: np.ndarray, pad: int, height: int, width: int) -> list:
+        """Views of the source pixels for every pixel of a padded chunk."""
+        views = []
+        for dr in {0, self.row_step}:
+            for dc in {0, self.col_step}:
+                r0, c0 = pad + self.row_shift + dr, pad + self.col_shift + dc
+                views.append(padded[:, r0:r0 + height, c0:c0 + width])
+        return views
 
-    Works on a padded chunk (n, H + 2 pad, W + 2 pad) flattened; per neighbour and
-    pixel of an (H, W) image it keeps the flat offset of the top-left source pixel
-    and the row and column fractions.
-    """
 
-    def __init__(self, neighbours: list[_Neighbour], height: int, width: int, pad: int):
-        self.height, self.width, self.pad = height, width, pad
-        padded_width = width + 2 * pad
-        rows, cols = np.divmod(np.arange(height * width), width)
-        self.top_left = np.stack([(rows + pad + n.row_shift) * padded_width
-                                  + cols + pad + n.col_shift for n in neighbours])
-        self.frac_rows = np.stack([n.frac_rows[rows] for n in neighbours])
-        self.frac_cols = np.stack([n.frac_cols[cols] for n in neighbours])
-        self.steps = np.array([(0, n.col_step, n.row_step * padded_width,
-                                n.row_step * padded_width + n.col_step) for n in neighbours])
+@lru_cache(maxsize=16)
+def _neighbours(n_points: int, radius: float, height: int, width: int) -> list[_Neighbour]:
+    return [_Neighbour(r, c, height, width)
+            for r, c in zip(*_neighbour_offsets(n_points, radius))]
 
-    def bits(self, padded: np.ndarray, chunk: np.ndarray, pairs: np.ndarray) -> np.ndarray:
-        """``neighbour >= centre`` at flat indices ``pairs`` of a (P, n, H, W) array."""
-        pixels = self.height * self.width
-        neighbour, position = np.divmod(pairs, len(chunk) * pixels)
-        image, pixel = np.divmod(position, pixels)
-        top_left = image * padded[0].size + self.top_left[neighbour, pixel]
-        flat = padded.reshape(-1)
-        top_left_v, top_right, bottom_left, bottom_right = (
-            flat[top_left + self.steps[neighbour, k]].astype(np.float64) for k in range(4))
-        dr, dc = self.frac_rows[neighbour, pixel], self.frac_cols[neighbour, pixel]
-        top = (1 - dc) * top_left_v + dc * top_right
-        bottom = (1 - dc) * bottom_left + dc * bottom_right
-        return (1 - dr) * top + dr * bottom >= chunk.reshape(-1)[position].astype(np.float64)
+
+def _exact_bits(neighbour: _Neighbour, padded: np.ndarray, chunk: np.ndarray, pad: int,
+                pixels: np.ndarray) -> np.ndarray:
+    """scikit-image's float64 ``neighbour >= centre`` at flat pixel indices of a chunk."""
+    _, height, width = chunk.shape
+    padded_height, padded_width = padded.shape[1:]
+    image, within = np.divmod(pixels, height * width)
+    rows, cols = np.divmod(within, width)
+    top_left = ((image * padded_height + rows + pad + neighbour.row_shift) * padded_width
+                + cols + pad + neighbour.col_shift)
+    flat = padded.reshape(-1)
+    top_left_v, top_right, bottom_left, bottom_right = (
+        flat[top_left + dr * padded_width + dc].astype(np.float64)
+        for dr in (0, neighbour.row_step) for dc in (0, neighbour.col_step))
+    dr, dc = neighbour.frac_rows[rows], neighbour.frac_cols[cols]
+    top = (1 - dc) * top_left_v + dc * top_right
+    bottom = (1 - dc) * bottom_left + dc * bottom_right
+    return (1 - dr) * top + dr * bottom >= chunk.reshape(-1)[pixels].astype(np.float64)
 
 
 def _interpolate_columns(padded32: np.ndarray, neighbour: _Neighbour, pad: int,
@@ -98,21 +113,20 @@ def _interpolate_columns(padded32: np.ndarray, neighbour: _Neighbour, pad: int,
     return out
 
 
-def _approximate_bits(chunk: np.ndarray, padded: np.ndarray, by_columns: np.ndarray,
-                      centre32: np.ndarray, neighbour: _Neighbour, pad: int, margin: float,
-                      out: np.ndarray) -> np.ndarray:
-    """Write ``neighbour >= centre`` for a chunk into ``out`` (n, H, W); return the flat
-    indices of the pixels whose float32 sample lies within ``margin`` of the centre.
+def _neighbour_bits(chunk: np.ndarray, padded: np.ndarray, by_columns: np.ndarray,
+                    centre32: np.ndarray, neighbour: _Neighbour, pad: int,
+                    margin: float, out: np.ndarray) -> None:
+    """Write scikit-image's ``neighbour >= centre`` for a chunk into ``out`` (n, H, W).
 
     ``by_columns`` is the chunk already sampled along columns (float32); the rows are
-    sampled here.
+    sampled here, then the pixels near a tie are settled exactly.
     """
     _, height, width = chunk.shape
-    r0 = pad + neighbour.row_shift
+    corners = neighbour.corners(padded, pad, height, width)
     if neighbour.on_grid:
-        c0 = pad + neighbour.col_shift
-        np.greater_equal(padded[:, r0:r0 + height, c0:c0 + width], chunk, out=out)
-        return np.empty(0, dtype=np.int64)
+        np.greater_equal(corners[0], chunk, out=out)
+        return
+    r0 = pad + neighbour.row_shift
     if neighbour.row_step:
         dr = np.float32(neighbour.frac_rows[0])
         value = by_columns[:, r0:r0 + height] * (1 - dr)
@@ -121,7 +135,19 @@ def _approximate_bits(chunk: np.ndarray, padded: np.ndarray, by_columns: np.ndar
     else:
         value = by_columns[:, r0:r0 + height] - centre32
     np.greater_equal(value, 0, out=out)
-    return np.flatnonzero(np.abs(value, out=value) <= margin)
+    close = np.abs(value, out=value) <= margin
+    if neighbour.flat_bit is not None and chunk.dtype == np.uint8:
+        flat = corners[0] == chunk
+        for corner in corners[1:]:
+            flat &= corner == chunk
+        if neighbour.flat_bit:
+            out |= flat
+        else:
+            out &= ~flat
+        np.greater(close, flat, out=close)  # close and not flat
+    pixels = np.flatnonzero(close)
+    if pixels.size:
+        out.reshape(-1)[pixels] = _exact_bits(neighbour, padded, chunk, pad, pixels)
 
 
 def lbp_codes(images: np.ndarray, n_points: int = 8, radius: float = 1.0) -> np.ndarray:
@@ -147,9 +173,7 @@ def lbp_codes(images: np.ndarray, n_points: int = 8, radius: float = 1.0) -> np.
     images = to_gray(as_image_batch(images))
     n_images, height, width = images.shape
     pad = int(np.ceil(radius)) + 1
-    neighbours = [_Neighbour(r, c, height, width)
-                  for r, c in zip(*_neighbour_offsets(n_points, radius))]
-    exact = _ExactSampler(neighbours, height, width, pad)
+    neighbours = _neighbours(n_points, float(radius), height, width)
     codes = np.empty(images.shape, dtype=np.uint8)
     for start in range(0, n_images, _CHUNK):
         chunk = np.ascontiguousarray(images[start:start + _CHUNK])
@@ -159,17 +183,12 @@ def lbp_codes(images: np.ndarray, n_points: int = 8, radius: float = 1.0) -> np.
         margin = _RELATIVE_MARGIN * max(1.0, float(np.abs(padded32).max()))
         by_columns = {}
         bits = np.empty((n_points, *chunk.shape), dtype=bool)
-        close = []
         for k, neighbour in enumerate(neighbours):
             key = (neighbour.col_shift, neighbour.frac_cols[0])
             if key not in by_columns:
                 by_columns[key] = _interpolate_columns(padded32, neighbour, pad, width)
-            close.append(_approximate_bits(chunk, padded, by_columns[key], centre32,
-                                           neighbour, pad, margin, bits[k])
-                         + k * chunk.size)
-        close = np.concatenate(close)
-        if close.size:
-            bits.reshape(-1)[close] = exact.bits(padded, chunk, close)
+            _neighbour_bits(chunk, padded, by_columns[key], centre32, neighbour, pad, margin,
+                            bits[k])
         ones = bits.sum(axis=0, dtype=np.uint8)
         changes = (bits[1:] != bits[:-1]).sum(axis=0, dtype=np.uint8)
         ones[changes > 2] = n_points + 1
