@@ -37,6 +37,8 @@ from pipelines.labels import age_group
 logger = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
+#: The project's shared split of the UTKFace dev set (seed 0), committed to the repository
+DEFAULT_MANIFEST = Path(__file__).resolve().parent.parent / "splits" / "utkface.json"
 STRATIFY_ON = "gender x ethnicity x age_group"
 PARTS: tuple[str, ...] = ("train", "val", "test")
 _MIN_STRATUM = 2
@@ -136,6 +138,7 @@ class Split:
                 stream.write("\n")
                 stream.flush()
                 os.fsync(stream.fileno())
+            os.chmod(temp_name, 0o644)
             os.replace(temp_name, target)
         except BaseException:
             Path(temp_name).unlink(missing_ok=True)
