@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
+import sys
 import warnings
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence
@@ -178,31 +178,38 @@ def image_from_array(array: np.ndarray, size: tuple[int, int] = DEFAULT_SIZE,
     return _prepare(image, size, channels)
 
 
-def _load_chunk(paths: Sequence[str], positions: range, size: tuple[int, int], color: str,
-                transform, out: np.ndarray) -> tuple[np.ndarray, list[tuple[str, str]]]:
-    """Worker: load a chunk of paths, transform it, write the rows into ``out``.
+def _worker_name() -> str | None:
+    """Address of the Dask worker running this code, or None outside Dask."""
+    if "distributed" not in sys.modules:
+        return None
+    from distributed import get_worker
 
-    Returns the positions written and the ``(path, reason)`` of the skipped files.
+    try:
+        return get_worker().address
+    except ValueError:
+        return None
+
+
+def _load_chunk(paths: Sequence[str], size: tuple[int, int], color: str,
+                transform) -> tuple[np.ndarray, np.ndarray, list[tuple[str, str]]]:
+    """Worker: load a chunk of paths and transform it.
+
+    Returns the rows, their positions in the chunk and the ``(path, reason)`` of the
+    skipped files.
     """
     images, kept, failures = [], [], []
-    for position, path in zip(positions, paths):
+    for position, path in enumerate(paths):
         try:
             images.append(load_image(path, size, color))
             kept.append(position)
         except ImageLoadError as error:
-            failures.append((path, str(error).removeprefix(f"{path}: ")))
-    if images:
-        batch = np.stack(images)
-        out[kept] = batch if transform is None else transform(batch)
-    return np.asarray(kept, dtype=np.int64), failures
-
-
-def _row_shape(size: tuple[int, int], channels: int, transform) -> tuple[tuple, np.dtype]:
-    """Shape and type of one output row, found by transforming a blank image."""
-    if transform is None:
-        return (*size, channels), np.dtype(np.uint8)
-    row = np.asarray(transform(np.zeros((1, *size, channels), dtype=np.uint8)))
-    return row.shape[1:], row.dtype
+            reason = str(error).removeprefix(f"{path}: ")
+            worker = _worker_name()
+            failures.append((path, reason if worker is None else f"{reason} on worker {worker}"))
+    batch = np.stack(images) if images else np.empty((0, *size, _check_color(color)), np.uint8)
+    if transform is not None and len(batch):
+        batch = transform(batch)
+    return batch, np.asarray(kept, dtype=np.int64), failures
 
 
 def map_image_chunks(paths: Sequence[str | os.PathLike], size: tuple[int, int] = DEFAULT_SIZE,
@@ -210,9 +217,6 @@ def map_image_chunks(paths: Sequence[str | os.PathLike], size: tuple[int, int] =
                      chunk_size: int = 256, progress: bool = True,
                      description: str = "loading images") -> LoadReport:
     """Load images in parallel chunks, optionally applying ``transform`` in the workers.
-
-    Workers write their rows straight into a shared memory-mapped array, so only
-    positions and failures travel back between processes.
 
     Parameters
     ----------
@@ -222,10 +226,11 @@ def map_image_chunks(paths: Sequence[str | os.PathLike], size: tuple[int, int] =
         See :func:`load_image`.
     transform : callable, optional
         Applied in the worker to each chunk's (n, H, W, C) uint8 batch; its output
-        rows (for example features) replace the images in the report. It must be
-        stateless per row: the same image always gives the same row.
+        rows (for example features) replace the images in the report.
     n_jobs : int
-        Worker processes (joblib; -1 for all cores).
+        Worker processes (joblib; -1 for all cores). The joblib backend in force is
+        used, so ``joblib.parallel_config(backend="dask")`` spreads the chunks over a
+        Dask cluster.
     chunk_size : int
         Images per task.
     progress : bool
@@ -241,34 +246,30 @@ def map_image_chunks(paths: Sequence[str | os.PathLike], size: tuple[int, int] =
     """
     from tqdm.auto import tqdm
 
-    channels = _check_color(color)
+    _check_color(color)
     size = _check_size(size)
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     paths = [os.fspath(p) for p in paths]
-    row_shape, row_dtype = _row_shape(size, channels, transform)
     starts = range(0, len(paths), chunk_size)
-    kept, failures = [], []
-    with tempfile.TemporaryDirectory(prefix="utkface-rows-") as scratch:
-        out = np.lib.format.open_memmap(os.path.join(scratch, "rows.npy"), mode="w+",
-                                        dtype=row_dtype, shape=(len(paths), *row_shape))
-        tasks = (delayed(_load_chunk)(paths[s:s + chunk_size],
-                                      range(s, min(s + chunk_size, len(paths))),
-                                      size, color, transform, out) for s in starts)
-        with tqdm(total=len(paths), desc=description, unit="img",
-                  disable=not progress) as bar:
-            for positions, chunk_failures in Parallel(n_jobs=n_jobs, return_as="generator")(tasks):
-                kept.append(positions)
-                failures.extend(chunk_failures)
-                bar.update(len(positions) + len(chunk_failures))
-        kept = np.concatenate(kept) if kept else np.empty(0, np.int64)
-        rows = np.array(out[kept])
-        del out
+    tasks = (delayed(_load_chunk)(paths[s:s + chunk_size], size, color, transform)
+             for s in starts)
+    rows, kept, failures = [], [], []
+    with tqdm(total=len(paths), desc=description, unit="img", disable=not progress) as bar:
+        for start, (batch, positions, chunk_failures) in zip(
+                starts, Parallel(n_jobs=n_jobs, return_as="generator")(tasks)):
+            rows.append(batch)
+            kept.append(positions + start)
+            failures.extend(chunk_failures)
+            bar.update(len(positions) + len(chunk_failures))
     if failures:
         logger.warning("skipped %d of %d images: %s", len(failures), len(paths),
                        "; ".join(f"{p} ({r})" for p, r in failures[:10])
                        + (" ..." if len(failures) > 10 else ""))
-    return LoadReport(rows, kept, failures)
+    non_empty = [r for r in rows if len(r)]
+    rows = (np.concatenate(non_empty) if non_empty
+            else np.empty((0, *size, _check_color(color)), dtype=np.uint8))
+    return LoadReport(rows, np.concatenate(kept) if kept else np.empty(0, np.int64), failures)
 
 
 def load_images(paths: Iterable[str | os.PathLike], size: tuple[int, int] = DEFAULT_SIZE,
