@@ -1,7 +1,9 @@
 """Image loading and feature extractors (scikit-learn transformers).
 
-Imports numpy, Pillow, scikit-image, scikit-learn and joblib only; never tensorflow.
+Imports numpy, Pillow, scikit-image, scikit-learn and joblib; dlib only when face
+descriptors are computed (the optional ``[embeddings]`` extra); never tensorflow.
 """
+from features.embeddings import DlibFaceDescriptor
 from features.extract import EXTRACTORS, extract_features, file_stamps, make_extractor
 from features.hog import HOGFeatures, hog_batch
 from features.io import (ImageLoadError, LoadReport, image_from_array, load_image,
@@ -11,7 +13,7 @@ from features.loader import ImageLoader
 from features.pixels import PixelFeatures, eigenfaces
 
 __all__ = [
-    "EXTRACTORS", "HOGFeatures", "ImageLoadError", "ImageLoader", "LBPFeatures", "LoadReport",
+    "DlibFaceDescriptor", "EXTRACTORS", "HOGFeatures", "ImageLoadError", "ImageLoader", "LBPFeatures", "LoadReport",
     "PixelFeatures", "eigenfaces", "extract_features", "file_stamps", "hog_batch",
     "image_from_array", "lbp_codes", "lbp_histograms", "load_image", "load_images",
     "make_extractor", "map_image_chunks",

@@ -10,6 +10,7 @@ from joblib import Memory
 from sklearn.base import clone
 from sklearn.pipeline import FeatureUnion
 
+from features.embeddings import DlibFaceDescriptor
 from features.hog import HOGFeatures
 from features.io import DEFAULT_SIZE, LoadReport, map_image_chunks
 from features.lbp import LBPFeatures
@@ -22,11 +23,14 @@ EXTRACTORS = {
     "hog": HOGFeatures(),
     "lbp": LBPFeatures(),
     "hog+lbp": FeatureUnion([("hog", HOGFeatures()), ("lbp", LBPFeatures())]),
+    # dlib is imported by fit/transform only; extract with size=(200, 200), color="rgb"
+    "dlib": DlibFaceDescriptor(),
 }
 
 
 def make_extractor(name: str):
-    """A fresh stateless extractor by name: ``pixels``, ``hog``, ``lbp`` or ``hog+lbp``.
+    """A fresh stateless extractor by name: ``pixels``, ``hog``, ``lbp``, ``hog+lbp`` or
+    ``dlib`` (pretrained face descriptors, :mod:`features.embeddings`).
 
     Learnt steps such as PCA belong to the model pipeline after these (see
     :func:`features.pixels.eigenfaces`).

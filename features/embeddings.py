@@ -1,0 +1,325 @@
+"""Pretrained face embeddings: dlib's 128-d face-recognition ResNet, offline.
+
+The models come from PyPI packages, so nothing is downloaded at run time:
+``dlib-bin`` (dlib as a wheel) and ``face-recognition-models`` (dlib's
+``dlib_face_recognition_resnet_model_v1.dat`` and its 68- and 5-point landmark
+models). Both are the optional extra ``pip install -e ".[embeddings]"``; dlib is
+imported only when descriptors are computed, so this module, the extractor
+registry and ``DlibFaceDescriptor(...)`` itself work without it.
+
+Per face, as dlib's face-recognition examples do:
+
+1. face check: dlib's HOG frontal-face detector must find a face in the box's
+   surroundings (see "Faces without a face" below);
+2. landmarks: the shape predictor placed in the face box;
+3. alignment: ``dlib.get_face_chip`` (150x150, padding 0.25);
+4. descriptor: ``face_recognition_model_v1.compute_face_descriptor`` on the chips,
+   in batches (the batched call is a little faster than one chip at a time; see
+   ``benchmarks/EMBEDDINGS.md``).
+
+Two descriptors closer than 0.6 (Euclidean) are, by dlib's calibration, the same
+person. On UTKFace 200x200 crops, the same face moved by 3 pixels stays within
+about 0.07 (at most ~0.16), while two different people are 0.8 apart (median;
+1st percentile ~0.5).
+
+Face box
+--------
+A UTKFace crop is already framed on the face, so by default the box is the whole
+image inset by ``inset`` (0.05) on every side, which matches the median box of
+dlib's own detector on these crops (it finds a face in 59 of 60 crops, its box
+covering the image but for 4-7 % per side). The inset barely matters: from 0 to
+0.12 the descriptors move by 0.04 on average against those from the detector's
+box. For other photos, pass boxes to :func:`describe_faces`, or crop the faces to
+the UTKFace framing first.
+
+Image size and colour
+---------------------
+The extractor receives whatever the loader gives; extract with
+``size=(200, 200)`` (UTKFace's own resolution) or ``(150, 150)`` and
+``color="rgb"``. Smaller inputs change little (128x128 descriptors are 0.04 from
+the 200x200 ones on average, 96x96 0.06), but the network was trained on colour
+faces, so one-channel batches are refused with a ``ValueError`` (a grey photo
+loaded with ``color="rgb"`` is fine: its three channels are equal).
+
+Faces without a face
+--------------------
+dlib's shape predictor never fails: it places 68 points on any input, noise
+included. So every face first passes a check: dlib's frontal-face detector is run
+on the box grown by the same margin as a UTKFace crop around its box (the whole
+image, by default), resampled to 200x200, and must score at least
+``min_face_score`` (default -0.6). Measured scores: UTKFace faces -0.51 at the
+lowest of 3,100 sampled (0.1 % below -0.45); uniform and smoothed noise -0.9 and
+below, a blank image nothing at all, and the one UTKFace file of that sample that
+shows no face -0.83. It catches missing faces, not orientation: a face upside down
+or turned 90 degrees may still pass (up to -0.35).
+
+A face failing the check gets a row of NaN, and one warning per call logs how many
+failed and where; drop those rows before training (``np.isnan(X).any(axis=1)``).
+A scikit-learn model given a NaN row refuses it, so a pipeline never predicts from
+a face that was not found. ``min_face_score=None`` skips the check (about 7 ms per
+face). In worker processes (``extract_features(..., n_jobs>1)``) the warning is
+logged in the worker; the NaN rows reach the caller either way.
+
+Cost on one 2-core x86_64 core: about 125 ms of CPU per face, nearly all in the
+ResNet; ``benchmarks/embedding_speed.py`` measures it.
+"""
+from __future__ import annotations
+
+import importlib.util
+import logging
+from functools import lru_cache
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from sklearn.base import BaseEstimator, TransformerMixin
+
+from features._batch import as_image_batch
+
+logger = logging.getLogger(__name__)
+
+N_FEATURES = 128
+INSTALL_HINT = 'pip install -e ".[embeddings]"'
+CHIP_SIZE = 150
+CHIP_PADDING = 0.25
+LANDMARK_MODELS = {68: "shape_predictor_68_face_landmarks.dat",
+                   5: "shape_predictor_5_face_landmarks.dat"}
+RECOGNITION_MODEL = "dlib_face_recognition_resnet_model_v1.dat"
+_CHECK_SIZE = 200
+_BATCH = 32
+_INDICES_LOGGED = 10
+
+
+def _import_dlib():
+    """dlib itself, or an ImportError telling how to install the extra."""
+    try:
+        import dlib
+    except ImportError as error:
+        raise ImportError(f"face descriptors need dlib and its models: {INSTALL_HINT}") \
+            from error
+    return dlib
+
+
+def _model_dir() -> Path:
+    """Folder of the ``face-recognition-models`` .dat files.
+
+    Found without importing the package, whose ``__init__`` needs ``pkg_resources``
+    (gone from recent setuptools).
+    """
+    spec = importlib.util.find_spec("face_recognition_models")
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError(f"face descriptors need the face-recognition-models package: "
+                          f"{INSTALL_HINT}")
+    return Path(spec.submodule_search_locations[0]) / "models"
+
+
+@lru_cache(maxsize=1)
+def face_detector():
+    """dlib's HOG frontal-face detector (``dlib.fhog_object_detector``), built once per
+    process."""
+    return _import_dlib().get_frontal_face_detector()
+
+
+@lru_cache(maxsize=2)
+def landmark_model(landmarks: int = 68):
+    """The 68- or 5-point ``dlib.shape_predictor``, loaded once per process."""
+    if landmarks not in LANDMARK_MODELS:
+        raise ValueError(f"landmarks must be one of {sorted(LANDMARK_MODELS)}, got {landmarks!r}")
+    return _import_dlib().shape_predictor(str(_model_dir() / LANDMARK_MODELS[landmarks]))
+
+
+@lru_cache(maxsize=1)
+def descriptor_model():
+    """The descriptor ResNet (``dlib.face_recognition_model_v1``), loaded once per process."""
+    return _import_dlib().face_recognition_model_v1(str(_model_dir() / RECOGNITION_MODEL))
+
+
+def _checked(images, boxes, inset: float) -> tuple[list[np.ndarray], list[tuple[float, ...]]]:
+    """Validated contiguous RGB uint8 images and one (top, left, height, width) box each."""
+    if not 0 <= inset < 0.5:
+        raise ValueError(f"inset must be in [0, 0.5), got {inset!r}")
+    images = [np.ascontiguousarray(image) for image in images]
+    if not images:
+        raise ValueError("no images given")
+    for i, image in enumerate(images):
+        if image.dtype != np.uint8 or image.ndim != 3 or image.shape[-1] != 3:
+            raise ValueError(
+                f"image {i}: face descriptors need RGB uint8 images shaped (H, W, 3), got "
+                f"{image.dtype} {image.shape}; load with color=\"rgb\"")
+    if boxes is None:
+        return images, [_whole_image_box(image, inset) for image in images]
+    boxes = [tuple(float(v) for v in box) for box in boxes]
+    if len(boxes) != len(images):
+        raise ValueError(f"{len(boxes)} boxes for {len(images)} images")
+    for i, box in enumerate(boxes):
+        if len(box) != 4 or min(box[2:]) <= 0:
+            raise ValueError(f"box {i}: expected (top, left, height, width) with a positive "
+                             f"size, got {box}")
+    return images, boxes
+
+
+def _whole_image_box(image: np.ndarray, inset: float) -> tuple[float, float, float, float]:
+    """(top, left, height, width) of the image inset by ``inset`` of its size per side."""
+    rows, cols = image.shape[:2]
+    top, left = round(rows * inset), round(cols * inset)
+    return top, left, rows - 2 * top, cols - 2 * left
+
+
+def _check_region(dlib, image: np.ndarray, box: tuple[float, ...], inset: float) -> np.ndarray:
+    """The box grown as a UTKFace crop frames its face box, resampled to 200x200."""
+    top, left, height, width = box
+    grow = inset / (1 - 2 * inset)
+    rect = dlib.drectangle(left - grow * width, top - grow * height,
+                           left + (1 + grow) * width - 1, top + (1 + grow) * height - 1)
+    return dlib.extract_image_chip(
+        image, dlib.chip_details(rect, dlib.chip_dims(_CHECK_SIZE, _CHECK_SIZE)))
+
+
+def face_scores(images: Sequence[np.ndarray], boxes: Sequence[Sequence[float]] | None = None,
+                *, inset: float = 0.05, floor: float = -3.0) -> np.ndarray:
+    """Best frontal-face detector score around each face box: the face check's measure.
+
+    Parameters
+    ----------
+    images, boxes, inset
+        As in :func:`describe_faces`.
+    floor : float
+        Detections scoring below this are ignored.
+
+    Returns
+    -------
+    ndarray of float64, shape (N,)
+        The highest score, or ``-inf`` where nothing scores above ``floor``.
+    """
+    dlib = _import_dlib()
+    images, boxes = _checked(images, boxes, inset)
+    scores = np.full(len(images), -np.inf)
+    for i, (image, box) in enumerate(zip(images, boxes)):
+        found = face_detector().run(_check_region(dlib, image, box, inset), 0, floor)[1]
+        if found:
+            scores[i] = max(found)
+    return scores
+
+
+def describe_faces(images: Sequence[np.ndarray], boxes: Sequence[Sequence[float]] | None = None,
+                   *, inset: float = 0.05, landmarks: int = 68, num_jitters: int = 0,
+                   min_face_score: float | None = -0.6) -> np.ndarray:
+    """dlib's 128-d descriptors of the faces in ``images``.
+
+    Parameters
+    ----------
+    images : sequence of ndarray, or ndarray of shape (N, H, W, 3)
+        RGB uint8 images, of any sizes.
+    boxes : sequence of (top, left, height, width), optional
+        Face box per image, in pixels (as a face detector gives it). By default
+        each whole image inset by ``inset``, for faces already cropped as UTKFace's.
+    inset : float
+        Margin of the default box, a fraction of the image size per side; also
+        sets the surroundings of the face check (the box grown by
+        ``inset / (1 - 2 * inset)`` per side: the whole image by default).
+    landmarks : {68, 5}
+        Shape predictor placing the landmarks the alignment uses.
+    num_jitters : int
+        0 or 1: one pass per face. Above 1: the average descriptor of that many
+        randomly jittered copies, which dlib draws without a seed, so the result
+        differs slightly between calls (~0.02); the network's cost grows in
+        proportion (10 copies: ~1.3 s per face).
+    min_face_score : float or None
+        Lowest detector score of the face check (see the module docstring);
+        None skips the check.
+
+    Returns
+    -------
+    ndarray of float32, shape (N, 128)
+        One descriptor per image; a row of NaN for an image failing the face
+        check, reported by one logged warning.
+
+    Raises
+    ------
+    ImportError
+        Without dlib or its models (the message says how to install them).
+    ValueError
+        For an image that is not (H, W, 3) uint8, a malformed box or settings.
+    """
+    if num_jitters < 0:
+        raise ValueError(f"num_jitters must be >= 0, got {num_jitters!r}")
+    dlib = _import_dlib()
+    predictor = landmark_model(landmarks)
+    images, boxes = _checked(images, boxes, inset)
+    found = np.ones(len(images), dtype=bool)
+    if min_face_score is not None:
+        found = face_scores(images, boxes, inset=inset, floor=min_face_score) >= min_face_score
+    rows = np.flatnonzero(found)
+    chips = []
+    for i in rows:
+        top, left, height, width = boxes[i]
+        rect = dlib.rectangle(round(left), round(top), round(left + width) - 1,
+                              round(top + height) - 1)
+        chips.append(dlib.get_face_chip(images[i], predictor(images[i], rect),
+                                        CHIP_SIZE, CHIP_PADDING))
+    out = np.full((len(images), N_FEATURES), np.nan, dtype=np.float32)
+    for start in range(0, len(chips), _BATCH):
+        out[rows[start:start + _BATCH]] = descriptor_model().compute_face_descriptor(
+            chips[start:start + _BATCH], num_jitters)
+    if not found.all():
+        missed = np.flatnonzero(~found)
+        logger.warning(
+            "no face found in %d of %d images (positions %s%s); their descriptor rows are "
+            "NaN: drop them before training", len(missed), len(images),
+            missed[:_INDICES_LOGGED].tolist(), " ..." if len(missed) > _INDICES_LOGGED else "")
+    return out
+
+
+class DlibFaceDescriptor(TransformerMixin, BaseEstimator):
+    """Scikit-learn transformer: RGB face crops (N, H, W, 3) -> dlib descriptors (N, 128).
+
+    Stateless; dlib is imported by ``fit`` and ``transform`` only, so building,
+    cloning and pickling the transformer works without it. See
+    :func:`describe_faces` and the module docstring for the steps, the image size
+    to extract with (``size=(200, 200)`` or ``(150, 150)``, ``color="rgb"``) and the
+    NaN rows of faces failing the face check.
+
+    Parameters
+    ----------
+    inset : float
+        Margin of the face box inside each image, a fraction of its size per side.
+    landmarks : {68, 5}
+        Shape predictor for the alignment.
+    num_jitters : int
+        Jittered copies averaged per face (0: none, deterministic).
+    min_face_score : float or None
+        Lowest detector score of the face check; None skips it.
+
+    Raises
+    ------
+    ImportError
+        From ``fit`` or ``transform`` without dlib: the message says
+        ``pip install -e ".[embeddings]"``.
+    """
+
+    def __init__(self, inset: float = 0.05, landmarks: int = 68, num_jitters: int = 0,
+                 min_face_score: float | None = -0.6):
+        self.inset = inset
+        self.landmarks = landmarks
+        self.num_jitters = num_jitters
+        self.min_face_score = min_face_score
+
+    def fit(self, X=None, y=None):
+        """Stateless: nothing is learnt; fails early without dlib."""
+        _import_dlib()
+        _model_dir()
+        return self
+
+    def transform(self, X) -> np.ndarray:
+        """Descriptors of images ``X`` (N, H, W, 3) uint8, float32 (N, 128)."""
+        images = as_image_batch(X)
+        if images.shape[-1] != 3:
+            raise ValueError(f"face descriptors need RGB images (N, H, W, 3), got "
+                             f"{images.shape}: extract with color=\"rgb\"")
+        return describe_faces(images, inset=self.inset, landmarks=self.landmarks,
+                              num_jitters=self.num_jitters, min_face_score=self.min_face_score)
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.requires_fit = False
+        return tags
