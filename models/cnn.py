@@ -1,0 +1,734 @@
+"""Multi-task Keras CNN for gender, ethnicity and age, and a picklable predictor around it.
+
+Importing this module is cheap: TensorFlow and Keras are imported inside the functions
+that build, train or load a network, never at module level.
+
+Network
+-------
+One shared trunk and one head per task, named after the task so that Keras matches
+outputs, losses and targets by name:
+
+- ``gender``: one sigmoid unit, the probability of code 1 (female);
+- ``ethnicity``: softmax over the 5 ethnicity codes;
+- ``age``: age in years, a linear unit followed by a fixed ``Rescaling(AGE_SCALE)``.
+
+Age loss and scaling. The age head is trained with the mean absolute error, the metric it
+is scored on: L1 is minimised by the conditional median, which minimises the expected
+absolute error, and it is robust to UTKFace's noisy age labels (a squared loss chases
+them; Huber is L1 beyond its threshold and only adds a knob). Log-age was rejected: L1 on
+log-age minimises the *relative* error, trading years on the many adults for fractions of
+a year on infants, which raises the MAE in years. The head's linear unit predicts
+age / 100 (it starts at a constant 0.3, near the median age), so its weights are of order 1
+like the other heads' logits; the ``Rescaling`` layer turns it back into years, so saved
+networks, progress lines and curves all speak in years. The age loss weight
+``1 / AGE_SCALE`` makes the age term the MAE of age / 100: its gradient at the linear unit
+is +-1 per face, the same bound as a cross-entropy's gradient at its logits, so no task
+drowns the shared trunk's updates. (These are reasoned choices; a comparison of losses
+by full training runs was beyond this machine's budget.)
+
+Architectures (:data:`ARCHITECTURES`):
+
+``default``
+    Compact VGG-style trunk for a CPU budget: a 32-channel stride-2 3x3 stem, then three
+    stages, each a 2x2 max-pooling and two Conv3x3-BatchNorm-ReLU blocks, with 64, 128
+    and 256 channels (at 32x32, 16x16 and 8x8 for a 128x128 input), global average
+    pooling and dropout 0.2; per task a Dense-128 + Dropout-0.3 head. About 1.26 M
+    weights and 0.17 GMAC per 128x128 face. Pooling early matters on a CPU: convolutions
+    with few channels at full resolution cost far more time per MAC.
+``seed_baseline``
+    The reference notebook's network, kept for comparison: Conv 32-64-128-256 (3x3,
+    ReLU, valid padding), each followed by 2x2 max-pooling, Flatten, then per task Dense
+    256 + Dropout 0.3. Gender and age heads only; inputs of at least 46x46 pixels.
+
+Both are trained with the same protocol (:func:`fit_network`): on-the-fly augmentation,
+AdamW with decoupled weight decay, a cosine learning-rate schedule with warm-up, early
+stopping on the validation loss and the best epoch's weights restored.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterator
+
+import numpy as np
+
+from features.loader import ImageLoader
+
+if TYPE_CHECKING:
+    import keras
+    import tensorflow as tf
+
+#: Tasks a network can have a head for, in output order.
+TASKS: tuple[str, ...] = ("gender", "ethnicity", "age")
+N_ETHNICITIES = 5
+#: The age head's linear unit predicts age / AGE_SCALE.
+AGE_SCALE = 100.0
+_AGE_BIAS_INIT = 0.3
+LOSS_WEIGHTS: dict[str, float] = {"gender": 1.0, "ethnicity": 1.0, "age": 1.0 / AGE_SCALE}
+
+DEFAULT_LEARNING_RATE = 1e-3
+DEFAULT_WEIGHT_DECAY = 1e-2
+DEFAULT_PATIENCE = 5
+_FINAL_LR_FRACTION = 0.01
+_NO_DECAY = ("bias", "gamma", "beta")
+
+
+# --- architectures ----------------------------------------------------------------------
+
+
+def _conv_bn_relu(x, filters: int, name: str, strides: int = 1):
+    from keras import layers
+
+    x = layers.Conv2D(filters, 3, strides=strides, padding="same", use_bias=False,
+                      kernel_initializer="he_normal", name=f"{name}_conv")(x)
+    # momentum 0.9, not Keras' 0.99: the inference statistics settle within a few dozen
+    # steps, which short runs and fine-tuning on small folders need
+    x = layers.BatchNormalization(momentum=0.9, name=f"{name}_bn")(x)
+    return layers.ReLU(name=f"{name}_relu")(x)
+
+
+def _default_trunk(x):
+    from keras import layers
+
+    x = _conv_bn_relu(x, 32, "stem", strides=2)
+    for stage, filters in enumerate((64, 128, 256), start=1):
+        x = layers.MaxPooling2D(name=f"stage{stage}_pool")(x)
+        x = _conv_bn_relu(x, filters, f"stage{stage}a")
+        x = _conv_bn_relu(x, filters, f"stage{stage}b")
+    x = layers.GlobalAveragePooling2D(name="trunk_pool")(x)
+    return layers.Dropout(0.2, name="trunk_dropout")(x)
+
+
+def _seed_baseline_trunk(x):
+    from keras import layers
+
+    for filters in (32, 64, 128, 256):
+        x = layers.Conv2D(filters, 3, activation="relu", name=f"conv{filters}")(x)
+        x = layers.MaxPooling2D(name=f"pool{filters}")(x)
+    return layers.Flatten(name="trunk_flatten")(x)
+
+
+def _output(x, task: str):
+    """The task's output layer, named after the task."""
+    from keras import initializers, layers
+
+    if task == "gender":
+        return layers.Dense(1, activation="sigmoid", name=task)(x)
+    if task == "ethnicity":
+        return layers.Dense(N_ETHNICITIES, activation="softmax", name=task)(x)
+    # Zero weights: every face starts at the median-like age instead of +-100 years of noise.
+    x = layers.Dense(1, name="age_scaled", kernel_initializer="zeros",
+                     bias_initializer=initializers.Constant(_AGE_BIAS_INIT))(x)
+    return layers.Rescaling(AGE_SCALE, name=task)(x)
+
+
+def _head(x, task: str, units: int, dropout: float):
+    from keras import layers
+
+    x = layers.Dense(units, activation="relu", name=f"{task}_dense")(x)
+    x = layers.Dropout(dropout, name=f"{task}_dropout")(x)
+    return _output(x, task)
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """A named network design.
+
+    Attributes
+    ----------
+    trunk : callable
+        Maps the rescaled input tensor to the shared feature tensor.
+    head_units, head_dropout : int, float
+        Width and dropout of each task's hidden Dense layer.
+    tasks : tuple of str
+        Tasks the design supports (and trains by default).
+    """
+
+    trunk: Callable
+    head_units: int
+    head_dropout: float
+    tasks: tuple[str, ...]
+
+
+ARCHITECTURES: dict[str, Architecture] = {
+    "default": Architecture(_default_trunk, 128, 0.3, TASKS),
+    "seed_baseline": Architecture(_seed_baseline_trunk, 256, 0.3, ("gender", "age")),
+}
+
+
+def resolve_tasks(architecture: str, tasks: Sequence[str] | None = None) -> tuple[str, ...]:
+    """Check a task selection against an architecture, in canonical order.
+
+    Parameters
+    ----------
+    architecture : str
+        A key of :data:`ARCHITECTURES`.
+    tasks : sequence of str, optional
+        Non-empty subset of the architecture's tasks; all of them when omitted.
+
+    Returns
+    -------
+    tuple of str
+        The tasks, ordered as in :data:`TASKS`.
+
+    Raises
+    ------
+    ValueError
+        For an unknown architecture, an empty selection or an unsupported task.
+    """
+    if architecture not in ARCHITECTURES:
+        raise ValueError(f"unknown architecture {architecture!r}; "
+                         f"expected one of {sorted(ARCHITECTURES)}")
+    supported = ARCHITECTURES[architecture].tasks
+    if tasks is None:
+        return supported
+    if isinstance(tasks, str):
+        tasks = [tasks]
+    unsupported = sorted(set(tasks) - set(supported))
+    if unsupported:
+        raise ValueError(f"architecture {architecture!r} has no head for {unsupported}; "
+                         f"it supports {supported}")
+    if not tasks:
+        raise ValueError("tasks must name at least one task")
+    return tuple(task for task in TASKS if task in tasks)
+
+
+def build_model(architecture: str = "default", input_shape: Sequence[int] = (128, 128, 1),
+                tasks: Sequence[str] | None = None, *, seed: int | None = None) -> keras.Model:
+    """Build an untrained multi-task network.
+
+    Parameters
+    ----------
+    architecture : {"default", "seed_baseline"}
+        Network design, see the module docstring.
+    input_shape : sequence of int
+        ``(height, width, channels)``, channels 1 (grayscale) or 3 (RGB). The network
+        takes raw pixel values in 0..255 and rescales them itself.
+    tasks : sequence of str, optional
+        Heads to build, a non-empty subset of the architecture's tasks (all by default).
+    seed : int, optional
+        Seeds Python, NumPy and TensorFlow (``keras.utils.set_random_seed``) before the
+        weights are initialised.
+
+    Returns
+    -------
+    keras.Model
+        Uncompiled functional model with one input and a dict of outputs keyed by task:
+        ``gender`` (N, 1) probability of female, ``ethnicity`` (N, 5) probabilities,
+        ``age`` (N, 1) years.
+    """
+    tasks = resolve_tasks(architecture, tasks)
+    height, width, channels = (int(value) for value in input_shape)
+    if channels not in (1, 3):
+        raise ValueError(f"input_shape must have 1 or 3 channels, got {input_shape}")
+    import keras
+    from keras import layers
+
+    if seed is not None:
+        keras.utils.set_random_seed(seed)
+    design = ARCHITECTURES[architecture]
+    inputs = keras.Input((height, width, channels), name="image")
+    features = design.trunk(layers.Rescaling(1 / 255, name="rescale")(inputs))
+    outputs = {task: _head(features, task, design.head_units, design.head_dropout)
+               for task in tasks}
+    return keras.Model(inputs, outputs, name=architecture)
+
+
+# --- network introspection --------------------------------------------------------------
+
+
+def network_tasks(network: keras.Model) -> tuple[str, ...]:
+    """Tasks a network has an output for, in :data:`TASKS` order."""
+    names = {layer.name for layer in network.layers}
+    return tuple(task for task in TASKS if task in names)
+
+
+def select_tasks(network: keras.Model, tasks: Sequence[str]) -> keras.Model:
+    """A network sharing ``network``'s layers and weights with only some task outputs.
+
+    Raises
+    ------
+    ValueError
+        If ``network`` has no head for one of ``tasks``.
+    """
+    tasks = [tasks] if isinstance(tasks, str) else list(tasks)
+    missing = sorted(set(tasks) - set(network_tasks(network)))
+    if missing:
+        raise ValueError(f"the network has no head for {missing}; "
+                         f"it has {network_tasks(network)}")
+    if set(tasks) == set(network_tasks(network)):
+        return network
+    import keras
+
+    outputs = {task: network.get_layer(task).output for task in TASKS if task in tasks}
+    return keras.Model(network.input, outputs, name=network.name)
+
+
+def _is_head_layer(name: str) -> bool:
+    return any(name == task or name.startswith(f"{task}_") for task in TASKS)
+
+
+def set_trunk_trainable(network: keras.Model, trainable: bool) -> None:
+    """Freeze or unfreeze every layer outside the task heads.
+
+    Frozen BatchNormalization layers run in inference mode, so their statistics are
+    kept too. Recompile (:func:`compile_network`) after a change.
+    """
+    for layer in network.layers:
+        if not _is_head_layer(layer.name):
+            layer.trainable = trainable
+
+
+# --- training ---------------------------------------------------------------------------
+
+
+def compile_network(network: keras.Model, *, learning_rate: float = DEFAULT_LEARNING_RATE,
+                    total_steps: int, warmup_steps: int = 0,
+                    weight_decay: float = DEFAULT_WEIGHT_DECAY) -> None:
+    """Compile with per-task losses and metrics, AdamW and a cosine schedule.
+
+    Parameters
+    ----------
+    network : keras.Model
+        A network from :func:`build_model` (or a saved one).
+    learning_rate : float
+        Peak learning rate, reached after the warm-up.
+    total_steps : int
+        Optimizer steps the schedule spans; it decays to 1% of the peak.
+    warmup_steps : int
+        Steps of linear warm-up from 10% of the peak.
+    weight_decay : float
+        AdamW decoupled weight decay (not applied to biases and normalisation).
+
+    Notes
+    -----
+    Losses: binary cross-entropy (gender), sparse categorical cross-entropy (ethnicity),
+    mean absolute error in years (age), weighted by :data:`LOSS_WEIGHTS`. Metrics are
+    logged as ``gender_acc``, ``ethnicity_acc`` and ``age_mae`` (years).
+    """
+    import keras
+
+    tasks = network_tasks(network)
+    warmup_steps = min(warmup_steps, total_steps // 2)
+    schedule = keras.optimizers.schedules.CosineDecay(
+        learning_rate * 0.1 if warmup_steps else learning_rate,
+        decay_steps=max(1, total_steps - warmup_steps), alpha=_FINAL_LR_FRACTION,
+        warmup_target=learning_rate if warmup_steps else None, warmup_steps=warmup_steps)
+    optimizer = keras.optimizers.AdamW(learning_rate=schedule, weight_decay=weight_decay)
+    optimizer.exclude_from_weight_decay(var_names=list(_NO_DECAY))
+    losses = {"gender": keras.losses.BinaryCrossentropy(),
+              "ethnicity": keras.losses.SparseCategoricalCrossentropy(),
+              "age": keras.losses.MeanAbsoluteError()}
+    metrics = {"gender": [keras.metrics.BinaryAccuracy(name="acc")],
+               "ethnicity": [keras.metrics.SparseCategoricalAccuracy(name="acc")],
+               "age": [keras.metrics.MeanAbsoluteError(name="mae")]}
+    network.compile(optimizer=optimizer,
+                    loss={task: losses[task] for task in tasks},
+                    loss_weights={task: LOSS_WEIGHTS[task] for task in tasks},
+                    metrics={task: metrics[task] for task in tasks})
+
+
+def build_augmentation(seed: int | None = None) -> keras.Sequential:
+    """Random training-time distortions of a batch of faces with pixel values 0..255.
+
+    Horizontal flip, shift up to 6%, rotation up to about 11 degrees, zoom up to 10%,
+    brightness up to 15% of the range and contrast up to 20%. None changes a face's
+    gender, ethnicity or age, so labels stay valid. Each image of a batch gets its own
+    random draw.
+    """
+    import keras
+    from keras import layers
+
+    def layer_seed(position: int) -> int | None:
+        return None if seed is None else seed + position
+
+    return keras.Sequential([
+        layers.RandomFlip("horizontal", seed=layer_seed(0)),
+        layers.RandomTranslation(0.06, 0.06, fill_mode="reflect", seed=layer_seed(1)),
+        layers.RandomRotation(0.03, fill_mode="reflect", seed=layer_seed(2)),
+        layers.RandomZoom(0.1, fill_mode="reflect", seed=layer_seed(3)),
+        layers.RandomBrightness(0.15, value_range=(0, 255), seed=layer_seed(4)),
+        layers.RandomContrast(0.2, value_range=(0, 255), seed=layer_seed(5)),
+    ], name="augmentation")
+
+
+def encode_targets(labels: Mapping[str, np.ndarray],
+                   tasks: Sequence[str]) -> dict[str, np.ndarray]:
+    """Network targets from label codes.
+
+    Gender (N, 1) float32, ethnicity (N,) int32 codes, age (N, 1) float32 years.
+    """
+    dtypes = {"gender": np.float32, "ethnicity": np.int32, "age": np.float32}
+    return {task: np.asarray(labels[task], dtype=dtypes[task]).reshape(
+        (-1,) if task == "ethnicity" else (-1, 1)) for task in tasks}
+
+
+def make_dataset(images: np.ndarray, labels: Mapping[str, np.ndarray], tasks: Sequence[str], *,
+                 batch_size: int, training: bool, seed: int | None = None) -> tf.data.Dataset:
+    """A ``tf.data`` pipeline of (float32 image batch, dict of task targets).
+
+    Parameters
+    ----------
+    images : ndarray of uint8, shape (N, H, W, C)
+        Faces.
+    labels : mapping of str to ndarray
+        Label codes per task (age in years), aligned with ``images``.
+    tasks : sequence of str
+        Tasks whose targets are yielded.
+    batch_size : int
+        Faces per batch.
+    training : bool
+        Shuffle every epoch and augment (:func:`build_augmentation`) each batch.
+    seed : int, optional
+        Seed of the shuffle and the augmentation.
+
+    Returns
+    -------
+    tf.data.Dataset
+    """
+    import tensorflow as tf
+
+    dataset = tf.data.Dataset.from_tensor_slices((images, encode_targets(labels, tasks)))
+    if training:
+        dataset = dataset.shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
+    augment = build_augmentation(seed) if training else None
+
+    @tf.autograph.experimental.do_not_convert  # plain tensor code, nothing to convert
+    def prepare(images, targets):
+        images = tf.cast(images, tf.float32)
+        return (images if augment is None else augment(images, training=True)), targets
+
+    # A sequential map: parallel calls would draw from the layers' random state in a
+    # varying order, breaking seeded runs. Prefetching still overlaps it with training.
+    return dataset.batch(batch_size).map(prepare).prefetch(tf.data.AUTOTUNE)
+
+
+def fit_network(network: keras.Model, train: tuple[np.ndarray, Mapping[str, np.ndarray]],
+                val: tuple[np.ndarray, Mapping[str, np.ndarray]], *, epochs: int,
+                batch_size: int, checkpoint_path: str | os.PathLike,
+                learning_rate: float = DEFAULT_LEARNING_RATE,
+                weight_decay: float = DEFAULT_WEIGHT_DECAY, patience: int = DEFAULT_PATIENCE,
+                freeze_trunk_epochs: int = 0, seed: int | None = None,
+                verbose: int = 2) -> dict[str, list[float]]:
+    """Train a network in place and leave it with the weights of its best epoch.
+
+    Training runs in up to two phases: ``freeze_trunk_epochs`` epochs with the trunk
+    frozen (heads only, for fine-tuning), then the rest with every layer trainable. Each
+    phase is compiled afresh (:func:`compile_network`) with a one-epoch warm-up and a
+    cosine decay over the phase, and stops early after ``patience`` epochs without a
+    lower validation loss. The weights of the epoch with the lowest validation loss, over
+    both phases, are checkpointed to ``checkpoint_path`` and restored at the end.
+
+    Parameters
+    ----------
+    network : keras.Model
+        Network to train; all its layers are left trainable.
+    train, val : tuple of (ndarray, mapping)
+        uint8 images (N, H, W, C) and label codes per task (see :func:`make_dataset`).
+    epochs : int
+        Maximum number of epochs over both phases.
+    batch_size : int
+        Faces per step.
+    checkpoint_path : path-like
+        Weights file of the best epoch; must end in ``.weights.h5``.
+    learning_rate, weight_decay : float
+        Peak learning rate and AdamW weight decay.
+    patience : int
+        Epochs without improvement of the validation loss before a phase stops.
+    freeze_trunk_epochs : int
+        Epochs, at the start, that train the heads only.
+    seed : int, optional
+        Seeds shuffling, augmentation and dropout (``keras.utils.set_random_seed``).
+    verbose : int
+        Keras verbosity; 2 prints one line per epoch.
+
+    Returns
+    -------
+    dict of str to list of float
+        Keras history over all epochs run (``loss``, ``val_loss``, ``<task>_loss``,
+        ``gender_acc``, ``age_mae``, ... and their ``val_`` twins), plus
+        ``trunk_frozen`` (1.0 for the epochs of the frozen phase).
+    """
+    if not 0 <= freeze_trunk_epochs <= epochs or epochs < 1:
+        raise ValueError(f"need epochs >= 1 and 0 <= freeze_trunk_epochs <= epochs, got "
+                         f"epochs={epochs}, freeze_trunk_epochs={freeze_trunk_epochs}")
+    import keras
+
+    if seed is not None:
+        keras.utils.set_random_seed(seed)
+    tasks = network_tasks(network)
+    train_data = make_dataset(*train, tasks, batch_size=batch_size, training=True, seed=seed)
+    val_data = make_dataset(*val, tasks, batch_size=batch_size, training=False)
+    steps_per_epoch = -(-len(train[0]) // batch_size)
+    checkpoint = keras.callbacks.ModelCheckpoint(
+        os.fspath(checkpoint_path), monitor="val_loss", save_best_only=True,
+        save_weights_only=True)
+    history: dict[str, list[float]] = {}
+    done = 0
+    phases = ((freeze_trunk_epochs, True), (epochs - freeze_trunk_epochs, False))
+    for phase_epochs, frozen in phases:
+        if phase_epochs == 0:
+            continue
+        set_trunk_trainable(network, not frozen)
+        compile_network(network, learning_rate=learning_rate, weight_decay=weight_decay,
+                        total_steps=phase_epochs * steps_per_epoch, warmup_steps=steps_per_epoch)
+        stopper = keras.callbacks.EarlyStopping(monitor="val_loss", patience=patience)
+        result = network.fit(train_data, validation_data=val_data, initial_epoch=done,
+                             epochs=done + phase_epochs, callbacks=[checkpoint, stopper],
+                             shuffle=False, verbose=verbose)
+        for key, values in result.history.items():
+            history.setdefault(key, []).extend(float(value) for value in values)
+        history.setdefault("trunk_frozen", []).extend([float(frozen)] * len(result.epoch))
+        done += len(result.epoch)
+    set_trunk_trainable(network, True)
+    # The optimizer of the last phase may not match the checkpoint's: restore weights only.
+    network.load_weights(os.fspath(checkpoint_path), objects_to_skip=[network.optimizer])
+    return history
+
+
+# --- saving, loading, predicting --------------------------------------------------------
+
+
+@contextmanager
+def _atomic_target(path: Path, suffix: str) -> Iterator[Path]:
+    """Yield a temporary file name beside ``path``; move it onto ``path`` on success."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
+    os.close(handle)
+    temp = Path(temp_name)
+    try:
+        yield temp
+        temp.chmod(0o644)  # mkstemp makes it private to its owner
+        os.replace(temp, path)
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
+
+
+def _save_network(network: keras.Model, path: Path) -> None:
+    """Save layers and weights only, not the 2x larger optimizer state of a compiled one."""
+    if getattr(network, "optimizer", None) is not None:
+        import keras
+
+        outputs = {task: network.get_layer(task).output for task in network_tasks(network)}
+        network = keras.Model(network.input, outputs, name=network.name)
+    network.save(path)
+
+
+def _network_to_bytes(network: keras.Model) -> bytes:
+    with tempfile.TemporaryDirectory(prefix="utkface-cnn-") as scratch:
+        path = Path(scratch) / "network.keras"
+        _save_network(network, path)
+        return path.read_bytes()
+
+
+def _network_from_bytes(data: bytes) -> keras.Model:
+    import keras
+
+    with tempfile.TemporaryDirectory(prefix="utkface-cnn-") as scratch:
+        path = Path(scratch) / "network.keras"
+        path.write_bytes(data)
+        return keras.saving.load_model(path, compile=False)
+
+
+class CNNPredictor:
+    """A trained network with its preprocessing and label decoding.
+
+    Takes what a user has (image paths, or uint8 arrays (N, H, W[, C]) or a list of
+    arrays of any size) through :class:`features.loader.ImageLoader` at the network's
+    input size and colour, then decodes the outputs into the label codes of
+    ``pipelines.labels``: gender and ethnicity codes (int) and age in years (float).
+
+    Pickling (``joblib.dump``) stores the network as ``.keras`` bytes; unpickling does
+    not import TensorFlow, which happens on the first prediction.
+
+    Parameters
+    ----------
+    network : keras.Model
+        A network from :func:`build_model` (trained).
+
+    Attributes
+    ----------
+    tasks : tuple of str
+        Tasks the network predicts.
+    size : tuple of int
+        Input (height, width).
+    color : {"gray", "rgb"}
+        Input colour mode.
+    """
+
+    def __init__(self, network: keras.Model) -> None:
+        height, width, channels = network.input_shape[1:]
+        self.tasks = network_tasks(network)
+        self.size = (int(height), int(width))
+        self.color = "gray" if channels == 1 else "rgb"
+        self._network = network
+        self._keras_bytes: bytes | None = None
+
+    def __repr__(self) -> str:
+        return f"CNNPredictor(tasks={self.tasks}, size={self.size}, color={self.color!r})"
+
+    @property
+    def network(self) -> keras.Model:
+        """The Keras network (loaded from the stored bytes on first use)."""
+        if self._network is None:
+            self._network = _network_from_bytes(self._keras_bytes)
+            self._keras_bytes = None
+        return self._network
+
+    def __getstate__(self) -> dict[str, Any]:
+        data = self._keras_bytes if self._network is None else _network_to_bytes(self._network)
+        return {"tasks": self.tasks, "size": self.size, "color": self.color, "keras_bytes": data}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.tasks = tuple(state["tasks"])
+        self.size = tuple(state["size"])
+        self.color = state["color"]
+        self._network = None
+        self._keras_bytes = state["keras_bytes"]
+
+    def _check_task(self, task: str | None) -> tuple[str, ...]:
+        if task is None:
+            return self.tasks
+        if task not in self.tasks:
+            raise ValueError(f"this network predicts {self.tasks}, not {task!r}")
+        return (task,)
+
+    def _outputs(self, X, batch_size: int) -> dict[str, np.ndarray]:
+        # Eager calls per batch: no graph to trace, unlike ``Model.predict``.
+        images = ImageLoader(self.size, self.color).transform(X).astype(np.float32)
+        batches = [self.network(images[start:start + batch_size], training=False)
+                   for start in range(0, len(images), batch_size)]
+        return {task: np.concatenate([np.asarray(batch[task]) for batch in batches])
+                for task in self.tasks}
+
+    def predict(self, X, task: str | None = None,
+                batch_size: int = 64) -> dict[str, np.ndarray] | np.ndarray:
+        """Predict label codes and ages.
+
+        Parameters
+        ----------
+        X : path-like, sequence of path-like or arrays, or ndarray (N, H, W[, C])
+            Faces; arrays are uint8 and converted to the network's size and colour.
+        task : str, optional
+            One task to predict; all the network's tasks when omitted.
+        batch_size : int
+            Faces per forward pass.
+
+        Returns
+        -------
+        ndarray or dict of str to ndarray
+            For one task, its (N,) predictions; otherwise a dict task -> predictions:
+            ``gender`` and ``ethnicity`` int64 codes, ``age`` float64 years (>= 0).
+
+        Raises
+        ------
+        features.io.ImageLoadError
+            For an unreadable file (no row is ever dropped silently).
+        """
+        tasks = self._check_task(task)
+        outputs = self._outputs(X, batch_size)
+        decoded = {name: _decode(name, outputs[name]) for name in tasks}
+        return decoded[task] if task is not None else decoded
+
+    def predict_proba(self, X, task: str | None = None,
+                      batch_size: int = 64) -> dict[str, np.ndarray] | np.ndarray:
+        """Class probabilities of the classification tasks.
+
+        Parameters
+        ----------
+        X, batch_size
+            See :meth:`predict`.
+        task : {"gender", "ethnicity"}, optional
+            One task; all the network's classification tasks when omitted.
+
+        Returns
+        -------
+        ndarray or dict of str to ndarray
+            (N, n_classes) float probabilities whose columns follow the label codes
+            (gender: male, female), for one task or as a dict task -> probabilities.
+
+        Raises
+        ------
+        ValueError
+            For ``task="age"``, a regression.
+        """
+        if task == "age":
+            raise ValueError("age is a regression: use predict()")
+        tasks = [name for name in self._check_task(task) if name != "age"]
+        if not tasks:
+            raise ValueError("this network has no classification task")
+        outputs = self._outputs(X, batch_size)
+        proba = {name: _probabilities(name, outputs[name]) for name in tasks}
+        return proba[task] if task is not None else proba
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write atomically: the native network for a ``.keras`` path, else a joblib pickle.
+
+        Returns
+        -------
+        pathlib.Path
+            ``path``.
+        """
+        import joblib
+
+        path = Path(path)
+        if path.suffix == ".keras":
+            with _atomic_target(path, ".keras") as temp:
+                _save_network(self.network, temp)
+        else:
+            with _atomic_target(path, ".tmp") as temp:
+                joblib.dump(self, temp)
+        return path
+
+
+def _probabilities(task: str, output: np.ndarray) -> np.ndarray:
+    output = output.astype(np.float64)
+    if task == "gender":
+        return np.column_stack([1.0 - output[:, 0], output[:, 0]])
+    return output
+
+
+def _decode(task: str, output: np.ndarray) -> np.ndarray:
+    if task == "age":
+        return np.maximum(output[:, 0].astype(np.float64), 0.0)
+    return np.argmax(_probabilities(task, output), axis=1).astype(np.int64)
+
+
+def load_model(path: str | os.PathLike) -> CNNPredictor:
+    """Load a saved CNN as a :class:`CNNPredictor`.
+
+    Parameters
+    ----------
+    path : path-like
+        A native Keras network (``.keras``, as written by :meth:`CNNPredictor.save`
+        or ``train_cnn``), or a joblib pickle of a :class:`CNNPredictor`.
+
+    Returns
+    -------
+    CNNPredictor
+
+    Raises
+    ------
+    FileNotFoundError
+        If ``path`` does not exist.
+    TypeError
+        If a pickle holds something other than a :class:`CNNPredictor`.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no saved CNN at {path}")
+    if path.suffix == ".keras":
+        import keras
+
+        return CNNPredictor(keras.saving.load_model(path, compile=False))
+    import joblib
+
+    predictor = joblib.load(path)
+    if not isinstance(predictor, CNNPredictor):
+        raise TypeError(f"{path} holds a {type(predictor).__name__}, not a CNNPredictor")
+    return predictor

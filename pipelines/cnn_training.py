@@ -1,0 +1,262 @@
+"""Train, or fine-tune, the multi-task CNN on a UTKFace folder and score it on its test split.
+
+:func:`train_cnn` indexes the folder, applies the shared split manifest, loads the faces
+once into memory, trains :mod:`models.cnn` networks (TensorFlow is only imported there)
+and writes, into one output folder:
+
+- ``model.keras``: the network of the best epoch (load with ``models.cnn.load_model``);
+- ``training_curves.png``: loss and per-task metric per epoch, train and validation;
+- ``<task>_metrics.json`` and ``<task>_confusion.png`` / ``age_error.png``: test-split
+  scores from :mod:`pipelines.metrics` and :mod:`pipelines.reports`, as for every model;
+- ``cnn_summary.json``: settings, history, timings and headline test figures (before and
+  after training when fine-tuning);
+- ``split.json``: the split manifest, unless another ``manifest_path`` is given.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from features.io import DEFAULT_SIZE, load_images
+from models.cnn import (CNNPredictor, DEFAULT_LEARNING_RATE, build_model, fit_network,
+                        load_model, resolve_tasks, select_tasks)
+from pipelines.dataset import DatasetIndex, index_folder
+from pipelines.metrics import evaluate_task, headline
+from pipelines.reports import atomic_path, atomic_write_json, prepare_output_dir, write_task_report
+from pipelines.splits import PARTS, load_or_create_split
+
+logger = logging.getLogger(__name__)
+
+#: Defaults sized so that a default run on UTKFace (15,206 training faces, 128x128
+#: grayscale) takes under an hour on a 2-core CPU; see ``train_cnn``.
+DEFAULT_EPOCHS = 12
+DEFAULT_BATCH_SIZE = 64
+DEFAULT_COLOR = "gray"
+#: Peak learning rate when fine-tuning a saved network.
+FINE_TUNE_LEARNING_RATE = 3e-4
+MODEL_FILE = "model.keras"
+CHECKPOINT_FILE = "best.weights.h5"
+CURVES_FILE = "training_curves.png"
+SUMMARY_FILE = "cnn_summary.json"
+SPLIT_FILE = "split.json"
+_CURVE_METRICS = (("loss", "total loss"), ("gender_acc", "gender accuracy"),
+                  ("ethnicity_acc", "ethnicity accuracy"), ("age_mae", "age MAE (years)"))
+
+
+@dataclass
+class Faces:
+    """Decoded faces of one split part and the index of exactly those faces."""
+
+    images: np.ndarray
+    index: DatasetIndex
+
+    def labels(self, tasks: Sequence[str]) -> dict[str, np.ndarray]:
+        """Label codes (age in years) per task, aligned with ``images``."""
+        return {task: self.index.labels(task) for task in tasks}
+
+
+def load_faces(index: DatasetIndex, size: tuple[int, int], color: str, n_jobs: int,
+               progress: bool = True) -> Faces:
+    """Decode the faces of an index, dropping unreadable files from images and labels alike."""
+    report = load_images(index.paths, size=size, color=color, n_jobs=n_jobs, progress=progress)
+    return Faces(report.images, index.subset(report.kept))
+
+
+def _sample(index: DatasetIndex, count: int | None, seed: int) -> DatasetIndex:
+    if count is None or count >= len(index):
+        return index
+    if count < 1:
+        raise ValueError(f"max_train must be >= 1, got {count}")
+    return index.subset(np.random.default_rng(seed).choice(len(index), count, replace=False))
+
+
+def evaluate(predictor: CNNPredictor,
+             faces: Faces) -> dict[str, tuple[dict[str, Any], np.ndarray]]:
+    """Score a predictor on faces with :func:`pipelines.metrics.evaluate_task`.
+
+    Returns
+    -------
+    dict
+        Task -> (metrics, predictions).
+    """
+    predictions = predictor.predict(faces.images)
+    groups = {"gender": faces.index.gender, "ethnicity": faces.index.ethnicity,
+              "age": faces.index.age}
+    return {task: (evaluate_task(task, faces.index.labels(task), predictions[task], **groups),
+                   predictions[task])
+            for task in predictor.tasks}
+
+
+def _initial_network(init_from: str | os.PathLike | None, architecture: str,
+                     tasks: Sequence[str] | None, size: tuple[int, int] | None,
+                     color: str | None, seed: int):
+    """A saved network (restricted to ``tasks``), or a new one of ``architecture``."""
+    if init_from is None:
+        size = tuple(size or DEFAULT_SIZE)
+        channels = 1 if (color or DEFAULT_COLOR) == "gray" else 3
+        return build_model(architecture, (*size, channels), resolve_tasks(architecture, tasks),
+                           seed=seed)
+    saved = load_model(init_from)
+    if size is not None and tuple(size) != saved.size:
+        raise ValueError(f"{init_from} takes images of size {saved.size}, not {tuple(size)}")
+    if color is not None and color != saved.color:
+        raise ValueError(f"{init_from} takes {saved.color!r} images, not {color!r}")
+    return select_tasks(saved.network, tasks or saved.tasks)
+
+
+def plot_history(history: dict[str, list[float]], path: str | os.PathLike) -> Path:
+    """Save training curves (train and validation per epoch) as a PNG, atomically."""
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
+    panels = [(key, title) for key, title in _CURVE_METRICS if key in history]
+    figure = Figure(figsize=(4 * len(panels), 3.4), layout="constrained")
+    epochs = np.arange(1, len(history["loss"]) + 1)
+    best = int(np.argmin(history["val_loss"])) + 1
+    frozen = int(sum(history["trunk_frozen"]))
+    for axes, (key, title) in zip(np.atleast_1d(figure.subplots(1, len(panels))), panels):
+        axes.plot(epochs, history[key], marker="o", ms=3, label="train")
+        axes.plot(epochs, history[f"val_{key}"], marker="o", ms=3, label="validation")
+        axes.axvline(best, color="grey", ls="--", lw=0.8, label=f"best epoch ({best})")
+        if frozen:
+            axes.axvspan(0.5, frozen + 0.5, color="tab:blue", alpha=0.08, label="trunk frozen")
+        axes.set(title=title, xlabel="epoch")
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+    axes.legend(fontsize=8)
+    with atomic_path(path) as temp:
+        figure.savefig(temp, format="png", dpi=110)
+    return Path(path)
+
+
+def train_cnn(data_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
+              architecture: str = "default", tasks: Sequence[str] | None = None,
+              manifest_path: str | os.PathLike | None = None,
+              size: tuple[int, int] | None = None, color: str | None = None,
+              epochs: int = DEFAULT_EPOCHS, batch_size: int = DEFAULT_BATCH_SIZE,
+              learning_rate: float | None = None, seed: int = 0, n_jobs: int = -1,
+              init_from: str | os.PathLike | None = None, freeze_trunk_epochs: int = 0,
+              overwrite: bool = False, max_train: int | None = None,
+              progress: bool = True) -> dict[str, Any]:
+    """Train a CNN (or fine-tune a saved one) on a labelled folder, then score it.
+
+    The network trains on the ``train`` part of the split, early-stops and picks its
+    best epoch on ``val``, and is scored once on ``test``; see the module docstring for
+    the files written. Training uses the GPU when TensorFlow sees one.
+
+    Parameters
+    ----------
+    data_dir : path-like
+        Folder of UTKFace-named images.
+    out_dir : path-like
+        Results folder; it must be empty or absent unless ``overwrite``.
+    architecture : {"default", "seed_baseline"}
+        Network design for a new network (ignored with ``init_from``).
+    tasks : sequence of str, optional
+        Heads to train; by default every head of the architecture (or of the saved
+        network). With ``init_from`` a subset drops the other heads.
+    manifest_path : path-like, optional
+        Split manifest, created (split seed 0, 80/10/10) if absent; defaults to
+        ``out_dir/split.json``. Pass the project's shared manifest to compare models.
+    size : tuple of int, optional
+        Input (height, width); 128x128 for a new network, the saved one's otherwise.
+    color : {"gray", "rgb"}, optional
+        Input colour; grayscale for a new network, the saved one's otherwise.
+    epochs : int
+        Maximum epochs (early stopping may end sooner). The default of 12 keeps a
+        default run under an hour on a 2-core CPU.
+    batch_size : int
+        Faces per step.
+    learning_rate : float, optional
+        Peak learning rate; 1e-3 for a new network, 3e-4 when fine-tuning.
+    seed : int
+        Seed of weight initialisation, shuffling, augmentation and dropout.
+    n_jobs : int
+        Processes decoding images (-1: all cores).
+    init_from : path-like, optional
+        A saved CNN (``.keras`` or pickled predictor) to fine-tune on ``data_dir``;
+        it is scored on the test split before and after training.
+    freeze_trunk_epochs : int
+        With ``init_from``, epochs at the start that train the heads only.
+    overwrite : bool
+        Replace the results in a non-empty ``out_dir``.
+    max_train : int, optional
+        Train on a random subset of this many training faces (quick runs).
+    progress : bool
+        Show progress bars while loading and print one line per epoch.
+
+    Returns
+    -------
+    dict
+        The content of ``cnn_summary.json``: ``model_path``, ``architecture``,
+        ``tasks``, ``size``, ``color``, ``counts`` (faces per part), ``load_failures``,
+        ``epochs_run``, ``best_epoch``, ``train_seconds``, ``train_images_per_second``
+        (training faces x epochs / training seconds, validation passes included),
+        ``history``, ``test`` (headline figures per task) and, when fine-tuning,
+        ``init_from`` and ``test_before``.
+
+    Raises
+    ------
+    pipelines.reports.OutputExistsError
+        If ``out_dir`` holds files and ``overwrite`` is false.
+    ValueError
+        For inconsistent settings (unknown architecture or task, ``freeze_trunk_epochs``
+        without ``init_from`` or above ``epochs``, size or colour unlike the saved
+        network's).
+    """
+    if freeze_trunk_epochs and init_from is None:
+        raise ValueError("freeze_trunk_epochs needs init_from: a new trunk cannot be frozen")
+    network = _initial_network(init_from, architecture, tasks, size, color, seed)
+    out = prepare_output_dir(out_dir, overwrite)
+    predictor = CNNPredictor(network)
+    index = index_folder(data_dir)
+    split = load_or_create_split(index, manifest_path or out / SPLIT_FILE)
+    parts = split.apply(index)
+    parts["train"] = _sample(parts["train"], max_train, seed)
+    faces = {part: load_faces(parts[part], predictor.size, predictor.color, n_jobs, progress)
+             for part in PARTS}
+    summary: dict[str, Any] = {
+        "architecture": network.name, "tasks": list(predictor.tasks),
+        "size": list(predictor.size), "color": predictor.color,
+        "counts": {part: len(faces[part].images) for part in PARTS},
+        "load_failures": sum(len(parts[part]) - len(faces[part].images) for part in PARTS),
+    }
+    if init_from is not None:
+        summary["init_from"] = os.fspath(init_from)
+        summary["test_before"] = _headlines(evaluate(predictor, faces["test"]))
+        logger.info("before fine-tuning, on the test split: %s", summary["test_before"])
+    started = time.perf_counter()
+    history = fit_network(
+        network, (faces["train"].images, faces["train"].labels(predictor.tasks)),
+        (faces["val"].images, faces["val"].labels(predictor.tasks)),
+        epochs=epochs, batch_size=batch_size, checkpoint_path=out / CHECKPOINT_FILE,
+        learning_rate=learning_rate or (DEFAULT_LEARNING_RATE if init_from is None
+                                        else FINE_TUNE_LEARNING_RATE),
+        freeze_trunk_epochs=freeze_trunk_epochs, seed=seed, verbose=2 if progress else 0)
+    seconds = time.perf_counter() - started
+    (out / CHECKPOINT_FILE).unlink()
+    predictor.save(out / MODEL_FILE)
+    plot_history(history, out / CURVES_FILE)
+    scores = evaluate(predictor, faces["test"])
+    for task, (metrics, predicted) in scores.items():
+        write_task_report(out, task, metrics, faces["test"].index.labels(task), predicted)
+    summary.update({
+        "model_path": str(out / MODEL_FILE), "epochs_run": len(history["loss"]),
+        "best_epoch": int(np.argmin(history["val_loss"])) + 1,
+        "train_seconds": round(seconds, 1),
+        "train_images_per_second": round(len(faces["train"].images) * len(history["loss"])
+                                          / seconds, 1),
+        "history": history, "test": _headlines(scores),
+    })
+    atomic_write_json(out / SUMMARY_FILE, summary)
+    logger.info("trained %s in %.0f s; test: %s", network.name, seconds, summary["test"])
+    return summary
+
+
+def _headlines(scores: dict[str, tuple[dict[str, Any], np.ndarray]]) -> dict[str, dict]:
+    return {task: headline(task, metrics) for task, (metrics, _) in scores.items()}

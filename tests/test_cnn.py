@@ -1,0 +1,251 @@
+"""Tests for models.cnn and pipelines.cnn_training, on tiny inputs (32x32, 1-2 epochs)."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from models import cnn
+from models.cnn import (TASKS, CNNPredictor, build_model, compile_network, encode_targets,
+                        fit_network, load_model, make_dataset, set_trunk_trainable)
+from pipelines.cnn_training import MODEL_FILE, SPLIT_FILE, train_cnn
+from pipelines.dataset import default_data_dir, index_folder
+
+# Keras converts TensorFlow tensors with np.array(copy=False), which numpy 2 flags
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:__array__ implementation doesn't accept a copy keyword:DeprecationWarning")
+
+SIZE = 32
+BASELINE_SIZE = 48  # the seed baseline's valid convolutions need at least 46 pixels
+N_FACES = 40
+
+
+def synthetic_labels(count: int, seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {"gender": rng.integers(0, 2, count), "ethnicity": rng.integers(0, 5, count),
+            "age": rng.integers(1, 90, count)}
+
+
+@pytest.fixture(scope="module")
+def face_dir(tmp_path_factory) -> Path:
+    """A folder of links to 40 real faces spread over the data folder (no copies)."""
+    source = default_data_dir()
+    if not source.is_dir():
+        pytest.skip(f"UTKFace sample not found at {source} (set UTKFACE_DIR)")
+    paths = index_folder(source).paths
+    folder = tmp_path_factory.mktemp("faces")
+    for path in paths[:: len(paths) // N_FACES][:N_FACES]:
+        os.symlink(path, folder / Path(path).name)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def trained(face_dir, tmp_path_factory) -> dict:
+    """A default network trained for 2 epochs on the 40 faces, at 32x32."""
+    out = tmp_path_factory.mktemp("trained")
+    return train_cnn(face_dir, out, size=(SIZE, SIZE), epochs=2, batch_size=16, n_jobs=1,
+                     progress=False)
+
+
+# --- architectures ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("architecture,tasks,channels", [
+    ("default", TASKS, 1), ("default", ("gender",), 1), ("default", ("ethnicity",), 3),
+    ("default", ("age",), 1), ("default", ("gender", "age"), 3),
+    ("seed_baseline", ("gender", "age"), 1), ("seed_baseline", ("age",), 3),
+])
+def test_output_shapes(architecture, tasks, channels):
+    size = BASELINE_SIZE if architecture == "seed_baseline" else SIZE
+    network = build_model(architecture, (size, size, channels), tasks, seed=0)
+    outputs = network(np.zeros((3, size, size, channels), np.float32))
+    widths = {"gender": 1, "ethnicity": 5, "age": 1}
+    assert {task: tuple(output.shape) for task, output in outputs.items()} == \
+        {task: (3, widths[task]) for task in tasks}
+
+
+def test_default_tasks_follow_the_architecture():
+    assert cnn.resolve_tasks("default") == TASKS
+    assert cnn.resolve_tasks("seed_baseline") == ("gender", "age")
+    assert cnn.resolve_tasks("default", ["age", "gender"]) == ("gender", "age")
+
+
+@pytest.mark.parametrize("architecture,tasks", [
+    ("seed_baseline", ("ethnicity",)), ("default", ()), ("default", ("race",)), ("vgg", None),
+])
+def test_bad_architecture_or_tasks_are_refused(architecture, tasks):
+    with pytest.raises(ValueError):
+        build_model(architecture, (SIZE, SIZE, 1), tasks)
+
+
+def test_frozen_trunk_leaves_only_head_weights_trainable():
+    network = build_model("default", (SIZE, SIZE, 1), seed=0)
+    set_trunk_trainable(network, False)
+    names = {weight.path.split("/")[0] for weight in network.trainable_weights}
+    assert names and all(name.split("_")[0] in TASKS for name in names)
+    set_trunk_trainable(network, True)
+    assert len(network.trainable_weights) > 2 * len(names)
+
+
+# --- training ---------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_training_steps_lower_the_loss_on_a_fixed_batch():
+    images = np.random.default_rng(1).integers(0, 256, (16, SIZE, SIZE, 1)).astype(np.float32)
+    targets = encode_targets(synthetic_labels(16), TASKS)
+    network = build_model("default", (SIZE, SIZE, 1), seed=0)
+    compile_network(network, total_steps=30)
+    losses = [network.train_on_batch(images, targets)[0] for _ in range(30)]
+    assert np.mean(losses[-3:]) < 0.7 * np.mean(losses[:3])
+
+
+def test_augmentation_keeps_images_and_labels_paired():
+    """The label is drawn into the image (bright top half = 1); augmentation keeps it."""
+    count = 64
+    labels = synthetic_labels(count, seed=2)
+    labels["age"] = 10 * labels["ethnicity"] + 3 * labels["gender"] + 1
+    images = np.zeros((count, SIZE, SIZE, 1), np.uint8)
+    images[labels["gender"] == 1, : SIZE // 2] = 220
+    images[labels["gender"] == 0, SIZE // 2:] = 220
+    dataset = make_dataset(images, labels, TASKS, batch_size=16, training=True, seed=0)
+    seen = 0
+    for batch, targets in dataset:
+        batch = batch.numpy()
+        gender = targets["gender"].numpy()[:, 0]
+        top_brighter = batch[:, : SIZE // 2].mean(axis=(1, 2, 3)) > batch[:, SIZE // 2:].mean(
+            axis=(1, 2, 3))
+        assert np.array_equal(top_brighter, gender == 1)
+        assert np.array_equal(targets["age"].numpy()[:, 0],
+                              10 * targets["ethnicity"].numpy() + 3 * gender + 1)
+        assert not np.isin(batch, [0, 220]).all()  # the pixels really were distorted
+        seen += len(batch)
+    assert seen == count
+
+
+def test_seeded_pipeline_is_reproducible():
+    images = np.random.default_rng(3).integers(0, 256, (32, SIZE, SIZE, 1), dtype=np.uint8)
+    labels = synthetic_labels(32)
+
+    def batches(seed: int) -> list[np.ndarray]:
+        dataset = make_dataset(images, labels, TASKS, batch_size=8, training=True, seed=seed)
+        return [batch.numpy() for _ in range(2) for batch, _ in dataset]
+
+    first, again, other = batches(7), batches(7), batches(8)
+    assert all(np.array_equal(a, b) for a, b in zip(first, again))
+    assert not np.array_equal(first[0], other[0])
+    assert not np.array_equal(first[0], first[4])  # reshuffled and redrawn each epoch
+    weights = [build_model("default", (SIZE, SIZE, 1), seed=7).get_weights() for _ in range(2)]
+    assert all(np.array_equal(a, b) for a, b in zip(*weights))
+
+
+def test_fit_network_checks_its_epochs(tmp_path):
+    network = build_model("default", (SIZE, SIZE, 1), ("age",))
+    data = (np.zeros((4, SIZE, SIZE, 1), np.uint8), {"age": np.ones(4)})
+    with pytest.raises(ValueError, match="freeze_trunk_epochs"):
+        fit_network(network, data, data, epochs=1, freeze_trunk_epochs=2, batch_size=4,
+                    checkpoint_path=tmp_path / "best.weights.h5")
+
+
+def test_freezing_needs_a_saved_network(tmp_path):
+    with pytest.raises(ValueError, match="init_from"):
+        train_cnn(tmp_path, tmp_path / "out", freeze_trunk_epochs=1)
+
+
+# --- end to end: train, save, load, fine-tune -------------------------------------------
+
+
+@pytest.mark.slow
+def test_train_cnn_writes_model_reports_and_summary(trained):
+    out = Path(trained["model_path"]).parent
+    for name in (MODEL_FILE, SPLIT_FILE, "training_curves.png", "cnn_summary.json",
+                 "gender_metrics.json", "ethnicity_confusion.png", "age_error.png"):
+        assert (out / name).is_file(), name
+    assert not (out / "best.weights.h5").exists()
+    assert trained["counts"] == {"train": 32, "val": 4, "test": 4}
+    assert trained["epochs_run"] == 2 and 1 <= trained["best_epoch"] <= 2
+    assert set(trained["test"]) == set(TASKS)
+    assert len(trained["history"]["val_age_mae"]) == 2
+
+
+@pytest.mark.slow
+def test_predictor_reads_paths_and_arrays_alike(trained, face_dir):
+    predictor = load_model(trained["model_path"])
+    paths = sorted(str(path) for path in face_dir.iterdir())[:5]
+    from_paths = predictor.predict(paths)
+    from_arrays = predictor.predict([np.asarray(Image.open(path)) for path in paths])
+    for task in TASKS:
+        np.testing.assert_allclose(from_paths[task], from_arrays[task], rtol=1e-6)
+    assert from_paths["gender"].dtype == np.int64 and (from_paths["age"] >= 0).all()
+    proba = predictor.predict_proba(paths)
+    assert proba["gender"].shape == (5, 2) and proba["ethnicity"].shape == (5, 5)
+    np.testing.assert_allclose(proba["ethnicity"].sum(axis=1), 1, rtol=1e-5)
+    np.testing.assert_array_equal(predictor.predict(paths, task="ethnicity"),
+                                  proba["ethnicity"].argmax(axis=1))
+    with pytest.raises(ValueError, match="regression"):
+        predictor.predict_proba(paths, task="age")
+
+
+ROUND_TRIP = """
+import sys
+import joblib, numpy as np
+predictor = joblib.load(sys.argv[1])
+assert "tensorflow" not in sys.modules, "unpickling imported tensorflow"
+np.savez(sys.argv[3], **predictor.predict(np.load(sys.argv[2])))
+"""
+
+
+@pytest.mark.slow
+def test_saved_predictor_predicts_the_same_in_a_fresh_process(trained, tmp_path):
+    predictor = load_model(trained["model_path"])
+    images = np.random.default_rng(4).integers(0, 256, (6, SIZE, SIZE, 1), dtype=np.uint8)
+    expected = predictor.predict(images)
+    np.save(tmp_path / "images.npy", images)
+    predictor.save(tmp_path / "cnn.joblib")
+    subprocess.run([sys.executable, "-c", ROUND_TRIP, str(tmp_path / "cnn.joblib"),
+                    str(tmp_path / "images.npy"), str(tmp_path / "out.npz")],
+                   check=True, cwd=Path(cnn.__file__).parents[1], capture_output=True)
+    got = np.load(tmp_path / "out.npz")
+    reloaded = load_model(tmp_path / "cnn.joblib")
+    assert isinstance(reloaded, CNNPredictor) and reloaded.tasks == TASKS
+    for task in TASKS:
+        np.testing.assert_array_equal(got[task], expected[task])
+
+
+@pytest.mark.slow
+def test_fine_tuning_starts_from_the_saved_weights_and_changes_them(trained, face_dir,
+                                                                     tmp_path):
+    # a seed baseline (quick to trace) saved untrained stands in for a trained network
+    saved = CNNPredictor(build_model("seed_baseline", (BASELINE_SIZE, BASELINE_SIZE, 1), seed=1))
+    saved.save(tmp_path / "saved.keras")
+    out = tmp_path / "fine_tuned"
+    result = train_cnn(face_dir, out, init_from=tmp_path / "saved.keras", tasks=["gender"],
+                       epochs=2, freeze_trunk_epochs=1, batch_size=16, n_jobs=1,
+                       progress=False)
+    assert result["tasks"] == ["gender"] and result["architecture"] == "seed_baseline"
+    assert result["size"] == [BASELINE_SIZE, BASELINE_SIZE]
+    test_names = json.loads((out / SPLIT_FILE).read_text())["test"]
+    before = saved.predict([str(face_dir / name) for name in test_names], task="gender")
+    truth = index_folder(face_dir).subset(test_names).gender
+    assert result["test_before"]["gender"]["accuracy"] == pytest.approx(np.mean(before == truth))
+    assert result["history"]["trunk_frozen"] == [1.0, 0.0]
+    original = saved.network
+    tuned = load_model(out / MODEL_FILE).network
+
+    def changed(layer: str) -> bool:
+        return not np.array_equal(original.get_layer(layer).get_weights()[0],
+                                  tuned.get_layer(layer).get_weights()[0])
+
+    assert changed("gender_dense") and changed("gender")
+    # the trunk was frozen in epoch 1, so it changed only if epoch 2 was the best
+    assert changed("conv32") == (result["best_epoch"] == 2)
+    with pytest.raises(ValueError, match="no head"):
+        train_cnn(face_dir, tmp_path / "other", init_from=out / MODEL_FILE, tasks=["age"])
+    with pytest.raises(ValueError, match="size"):
+        train_cnn(face_dir, tmp_path / "other", init_from=trained["model_path"], size=(64, 64))

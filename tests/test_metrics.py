@@ -1,0 +1,188 @@
+"""Tests for pipelines.metrics and pipelines.reports on hand-made predictions."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipelines.labels import AGE_GROUP_NAMES, ETHNICITY_NAMES, GENDER_NAMES
+from pipelines.metrics import (class_names, classification_metrics, evaluate_task, headline,
+                               regression_metrics)
+from pipelines.reports import (OutputExistsError, atomic_path, atomic_write_json,
+                               format_summary_table, prepare_output_dir, write_task_report)
+
+# --- metrics ---------------------------------------------------------------------------
+
+
+def test_classification_metrics_by_hand() -> None:
+    # class a: 3 true, 2 found; class b: 2 true, 1 found; class c: never true, predicted once
+    y_true = [0, 0, 0, 1, 1]
+    y_pred = [0, 0, 1, 1, 2]
+    result = classification_metrics(y_true, y_pred, ["a", "b", "c"])
+    assert result["n"] == 5
+    assert result["accuracy"] == pytest.approx(3 / 5)
+    assert result["confusion_matrix"] == [[2, 1, 0], [0, 1, 1], [0, 0, 0]]
+    a, b, c = (result["per_class"][name] for name in "abc")
+    assert (a["precision"], a["recall"], a["support"]) == (pytest.approx(1.0),
+                                                           pytest.approx(2 / 3), 3)
+    assert (b["precision"], b["recall"]) == (pytest.approx(1 / 2), pytest.approx(1 / 2))
+    assert a["f1"] == pytest.approx(0.8)
+    assert (c["precision"], c["recall"], c["support"]) == (0.0, 0.0, 0)
+    # macro averages run over the classes present in y_true
+    assert result["recall_macro"] == pytest.approx((2 / 3 + 1 / 2) / 2)
+    assert result["precision_macro"] == pytest.approx((1 + 1 / 2) / 2)
+    assert result["f1_macro"] == pytest.approx((0.8 + 0.5) / 2)
+    json.dumps(result)
+
+
+def test_classification_metrics_rejects_bad_input() -> None:
+    with pytest.raises(ValueError, match="outside"):
+        classification_metrics([0, 3], [0, 1], ["a", "b"])
+    with pytest.raises(ValueError, match="one length"):
+        classification_metrics([0, 1], [0], ["a", "b"])
+    with pytest.raises(ValueError, match="no predictions"):
+        classification_metrics([], [], ["a", "b"])
+
+
+def test_regression_metrics_by_hand() -> None:
+    result = regression_metrics([10, 20, 30, 40], [12, 20, 24, 50])
+    # errors 2, 0, -6, 10
+    assert result["mae"] == pytest.approx(4.5)
+    assert result["rmse"] == pytest.approx(math.sqrt((4 + 0 + 36 + 100) / 4))
+    assert result["within_5"] == pytest.approx(0.5)
+    assert result["bias"] == pytest.approx(1.5)
+    assert result["n"] == 4
+
+
+def test_class_names() -> None:
+    assert class_names("gender") == GENDER_NAMES
+    assert class_names("ethnicity") == ETHNICITY_NAMES
+    assert class_names("age_group") == AGE_GROUP_NAMES
+    assert class_names("age") is None
+    with pytest.raises(ValueError, match="unknown task"):
+        class_names("height")
+
+
+DEMOGRAPHICS = {"gender": np.array([0, 0, 1, 1, 1, 0]),
+                "ethnicity": np.array([0, 0, 0, 1, 1, 2]),
+                "age": np.array([1, 25, 25, 35, 71, 25])}
+
+
+def test_evaluate_task_groups_classification() -> None:
+    y_true = DEMOGRAPHICS["gender"]
+    y_pred = np.array([0, 1, 1, 1, 0, 0])
+    result = evaluate_task("gender", y_true, y_pred, **DEMOGRAPHICS)
+    assert result["task"] == "gender"
+    assert result["overall"]["accuracy"] == pytest.approx(4 / 6)
+    by = result["by_group"]
+    assert set(by) == {"ethnicity", "gender", "age_group"}
+    assert set(by["ethnicity"]) == {"White", "Black", "Asian"}      # no Indian, no Others
+    assert by["ethnicity"]["White"]["accuracy"] == pytest.approx(2 / 3)
+    assert by["ethnicity"]["Black"]["accuracy"] == pytest.approx(1 / 2)
+    assert by["ethnicity"]["Asian"]["n"] == 1
+    assert by["gender"]["male"]["accuracy"] == pytest.approx(2 / 3)
+    assert set(by["age_group"]) == {"0-2", "20-29", "30-39", "70+"}
+    assert by["age_group"]["20-29"]["accuracy"] == pytest.approx(2 / 3)
+    assert by["age_group"]["70+"]["accuracy"] == 0.0
+    json.dumps(result)
+
+
+def test_evaluate_task_age_and_age_group() -> None:
+    ages = DEMOGRAPHICS["age"]
+    predicted = ages + np.array([1.0, -2.0, 6.0, 0.0, -10.0, 3.0])
+    result = evaluate_task("age", ages, predicted, **DEMOGRAPHICS)
+    assert result["overall"]["mae"] == pytest.approx(22 / 6)
+    assert result["by_group"]["age_group"]["70+"]["mae"] == pytest.approx(10.0)
+    assert result["by_group"]["gender"]["female"]["mae"] == pytest.approx(16 / 3)
+    assert headline("age", result) == {key: result["overall"][key]
+                                       for key in ("mae", "rmse", "within_5")}
+
+    groups = evaluate_task("age_group", np.array([0, 3, 3, 4, 8, 3]),
+                           np.array([0, 3, 4, 4, 7, 3]), **DEMOGRAPHICS)
+    assert groups["overall"]["class_names"] == list(AGE_GROUP_NAMES)
+    assert len(groups["overall"]["confusion_matrix"]) == 9
+    assert groups["overall"]["accuracy"] == pytest.approx(4 / 6)
+    assert set(headline("age_group", groups)) == {"accuracy", "f1_macro"}
+
+
+def test_evaluate_task_checks_group_shapes() -> None:
+    with pytest.raises(ValueError, match="ethnicity has shape"):
+        evaluate_task("gender", [0, 1], [0, 1], gender=[0, 1], ethnicity=[0], age=[3, 4])
+
+
+# --- reports ---------------------------------------------------------------------------
+
+
+def test_atomic_write_json_round_trip(tmp_path: Path) -> None:
+    path = atomic_write_json(tmp_path / "sub" / "a.json", {"x": [1, 2], "name": "é"})
+    assert json.loads(path.read_text(encoding="utf-8")) == {"x": [1, 2], "name": "é"}
+    assert [p.name for p in path.parent.iterdir()] == ["a.json"]
+
+
+def test_crash_during_write_leaves_no_partial_file(tmp_path: Path) -> None:
+    target = tmp_path / "model.bin"
+    with pytest.raises(KeyboardInterrupt):
+        with atomic_path(target) as temp:
+            temp.write_bytes(b"half of a mod")
+            raise KeyboardInterrupt
+    assert list(tmp_path.iterdir()) == []
+
+    target.write_bytes(b"old")
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as temp:
+            temp.write_bytes(b"new but incomplete")
+            raise RuntimeError("disk full")
+    assert target.read_bytes() == b"old"
+    assert [p.name for p in tmp_path.iterdir()] == ["model.bin"]
+
+
+def test_non_serialisable_json_leaves_nothing(tmp_path: Path) -> None:
+    with pytest.raises(ValueError):
+        atomic_write_json(tmp_path / "m.json", {"mae": float("nan")})
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_prepare_output_dir_refuses_results(tmp_path: Path) -> None:
+    out = prepare_output_dir(tmp_path / "run")
+    assert out.is_dir()
+    assert prepare_output_dir(out) == out                 # empty: fine
+    (out / "gender_metrics.json").write_text("{}")
+    with pytest.raises(OutputExistsError, match="--overwrite"):
+        prepare_output_dir(out)
+    assert prepare_output_dir(out, overwrite=True) == out
+    with pytest.raises(NotADirectoryError):
+        prepare_output_dir(out / "gender_metrics.json")
+
+
+def test_write_task_report(tmp_path: Path) -> None:
+    y_true = DEMOGRAPHICS["ethnicity"]
+    y_pred = np.array([0, 1, 0, 1, 1, 2])
+    metrics = evaluate_task("ethnicity", y_true, y_pred, **DEMOGRAPHICS)
+    written = write_task_report(tmp_path, "ethnicity", metrics, y_true, y_pred)
+    assert [p.name for p in written] == ["ethnicity_metrics.json", "ethnicity_confusion.png"]
+    assert json.loads(written[0].read_text()) == metrics
+    assert written[1].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    ages = DEMOGRAPHICS["age"]
+    metrics = evaluate_task("age", ages, ages + 2.5, **DEMOGRAPHICS)
+    written = write_task_report(tmp_path, "age", metrics, ages, ages + 2.5)
+    assert [p.name for p in written] == ["age_metrics.json", "age_error.png"]
+    assert written[1].stat().st_size > 1000
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_format_summary_table() -> None:
+    table = format_summary_table([
+        {"task": "gender", "model": "svm", "accuracy": 0.91234},
+        {"task": "age", "model": "svm", "mae": 6.789, "fit_s": 12},
+    ])
+    lines = table.splitlines()
+    assert lines[0].split() == ["task", "model", "accuracy", "mae", "fit_s"]
+    assert set(lines[1]) <= {"-", " "}
+    assert lines[2].split() == ["gender", "svm", "0.912", "-", "-"]
+    assert lines[3].split() == ["age", "svm", "-", "6.789", "12"]
+    # numeric columns are right-aligned under their header
+    assert lines[2].index("0.912") + 5 == lines[0].index("accuracy") + len("accuracy")
