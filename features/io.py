@@ -23,6 +23,8 @@ COLOR_MODES = ("gray", "rgb")
 DEFAULT_SIZE = (128, 128)
 # Pillow's own decompression-bomb threshold (about 89 megapixels)
 MAX_PIXELS = Image.MAX_IMAGE_PIXELS
+# several frames are one photo in a camera's multi-picture JPEG
+_SINGLE_PHOTO_FORMATS = ("MPO",)
 
 
 class ImageLoadError(ValueError):
@@ -72,7 +74,7 @@ def _to_8bit(image: Image.Image) -> Image.Image:
     return Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8), "L")
 
 
-def _normalize_mode(image: Image.Image, channels: int) -> Image.Image:
+def convert_mode(image: Image.Image, channels: int) -> Image.Image:
     """Convert any Pillow mode to L (channels=1) or RGB (channels=3)."""
     if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
         image = _to_8bit(image)
@@ -87,6 +89,51 @@ def _normalize_mode(image: Image.Image, channels: int) -> Image.Image:
     return image if image.mode == "RGB" else image.convert("RGB")
 
 
+def open_image(path: str | os.PathLike) -> Image.Image:
+    """Decode one image file at full size, EXIF orientation applied, in its own mode.
+
+    Raises
+    ------
+    ImageLoadError
+        If the file is missing, empty, not an image, truncated, animated (several
+        frames; a camera's multi-picture JPEG counts as one photo), or larger than
+        ``MAX_PIXELS`` (a decompression bomb); the message names the file.
+    """
+    path = os.fspath(path)
+    try:
+        if os.path.getsize(path) == 0:
+            raise ImageLoadError(f"{path}: empty file (0 bytes)")
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                _check_header(path, image)
+                image.load()
+                return ImageOps.exif_transpose(image)
+    except ImageLoadError:
+        raise
+    except FileNotFoundError:
+        raise ImageLoadError(f"{path}: no such file") from None
+    except Image.UnidentifiedImageError:
+        raise ImageLoadError(f"{path}: not an image file Pillow can read") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        raise ImageLoadError(f"{path}: refused as a possible decompression bomb ({error})") \
+            from None
+    except (OSError, SyntaxError, ValueError) as error:
+        raise ImageLoadError(f"{path}: unreadable or truncated image ({error})") from None
+
+
+def _check_header(path: str, image: Image.Image) -> None:
+    """Refuse a decompression bomb and an animation before decoding any pixel."""
+    if image.width * image.height > MAX_PIXELS:
+        raise ImageLoadError(f"{path}: {image.width}x{image.height} pixels exceeds the "
+                             f"{MAX_PIXELS:,}-pixel limit (possible decompression bomb)")
+    frames = getattr(image, "n_frames", 1)
+    if frames > 1 and image.format not in _SINGLE_PHOTO_FORMATS:
+        raise ImageLoadError(f"{path}: animated or multi-frame {image.format} image "
+                             f"({frames} frames) refused; save the frame you want as a "
+                             f"still image")
+
+
 def load_image(path: str | os.PathLike, size: tuple[int, int] = DEFAULT_SIZE,
                color: str = "gray") -> np.ndarray:
     """Read one image file as a resized uint8 array.
@@ -94,7 +141,7 @@ def load_image(path: str | os.PathLike, size: tuple[int, int] = DEFAULT_SIZE,
     Parameters
     ----------
     path : str or path-like
-        Image file (any format Pillow reads; the first frame of an animation).
+        Image file (any still format Pillow reads).
     size : tuple of int
         Output (height, width).
     color : {'gray', 'rgb'}
@@ -107,42 +154,16 @@ def load_image(path: str | os.PathLike, size: tuple[int, int] = DEFAULT_SIZE,
     Raises
     ------
     ImageLoadError
-        If the file is missing, empty, not an image, truncated, or larger than
-        ``MAX_PIXELS`` (a decompression bomb); the message names the file.
+        See :func:`open_image`.
     """
     channels = _check_color(color)
-    height, width = _check_size(size)
-    path = os.fspath(path)
-    try:
-        if os.path.getsize(path) == 0:
-            raise ImageLoadError(f"{path}: empty file (0 bytes)")
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as image:
-                pixels = image.width * image.height
-                if pixels > MAX_PIXELS:
-                    raise ImageLoadError(
-                        f"{path}: {image.width}x{image.height} pixels exceeds the "
-                        f"{MAX_PIXELS:,}-pixel limit (possible decompression bomb)")
-                image.load()
-                array = _prepare(ImageOps.exif_transpose(image), (height, width), channels)
-    except ImageLoadError:
-        raise
-    except FileNotFoundError:
-        raise ImageLoadError(f"{path}: no such file") from None
-    except Image.UnidentifiedImageError:
-        raise ImageLoadError(f"{path}: not an image file Pillow can read") from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
-        raise ImageLoadError(f"{path}: refused as a possible decompression bomb ({error})") \
-            from None
-    except (OSError, SyntaxError, ValueError) as error:
-        raise ImageLoadError(f"{path}: unreadable or truncated image ({error})") from None
-    return array
+    size = _check_size(size)
+    return _prepare(open_image(path), size, channels)
 
 
 def _prepare(image: Image.Image, size: tuple[int, int], channels: int) -> np.ndarray:
     """Any-mode Pillow image -> resized (H, W, channels) uint8 array."""
-    image = _normalize_mode(image, channels)
+    image = convert_mode(image, channels)
     if image.size != (size[1], size[0]):
         image = image.resize((size[1], size[0]), Image.Resampling.LANCZOS)
     return np.asarray(image, dtype=np.uint8).reshape(*size, channels)

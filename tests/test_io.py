@@ -144,3 +144,11 @@ def test_loader_raises_on_bad_file_and_bad_array(bad_files) -> None:
         ImageLoader().transform([bad_files["good"], bad_files["truncated"]])
     with pytest.raises(ValueError, match="uint8"):
         image_from_array(np.zeros((8, 8), np.float64))
+
+
+def test_animation_is_refused_with_its_frame_count(tmp_path) -> None:
+    frames = [Image.new("L", (20, 20), value) for value in (0, 255)]
+    path = tmp_path / "anim.gif"
+    frames[0].save(path, save_all=True, append_images=frames[1:], duration=100)
+    with pytest.raises(ImageLoadError, match=r"animated or multi-frame GIF image \(2 frames\)"):
+        load_image(path)
