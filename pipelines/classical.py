@@ -1,0 +1,590 @@
+"""Training and scoring classical pipelines (features -> PCA -> SVM or XGBoost).
+
+The learnt part of a pipeline (per-block scaling and PCA, then the model) is fitted
+on features extracted once, in parallel and cached on disk. The stateless image
+loader and extractors are then put in front of it, so that every saved model is one
+scikit-learn ``Pipeline`` from image paths or arrays to predictions::
+
+    FeatureUnion(per feature block: ImageLoader(size, colour) -> extractor)
+      -> ColumnTransformer(per block: StandardScaler -> PCA -> GlobalScaler)
+      -> SVC / SVR / LinearSVC / LinearSVR / XGBoost
+
+Classifiers predict class indices into the task's names in :mod:`pipelines.labels`
+(recorded as ``label_names`` in each model's metadata); the age model predicts years.
+Settings are chosen on the validation split only; the test split is scored once.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from importlib import metadata as package_metadata
+from pathlib import Path
+from typing import Any, Sequence
+
+import joblib
+import numpy as np
+from joblib import Parallel, delayed
+from sklearn.base import BaseEstimator, TransformerMixin
+from sklearn.calibration import CalibratedClassifierCV
+from sklearn.frozen import FrozenEstimator
+from sklearn.pipeline import FeatureUnion, Pipeline
+
+from features import ImageLoader, extract_features, make_extractor
+from features.io import COLOR_MODES
+from models.factory import MODELS, make_estimator, make_reducer
+from pipelines.dataset import DatasetIndex, index_folder
+from pipelines.labels import TASKS
+from pipelines.metrics import class_names, evaluate_task, headline
+from pipelines.reports import (atomic_write_json, prepare_output_dir, save_artifact,
+                               write_task_report)
+from pipelines.splits import load_or_create_split
+
+logger = logging.getLogger(__name__)
+
+PACKAGE = "utkface-toolkit"
+#: Parameter grids tried on the validation split with ``search=True``, per model and
+#: estimator kind; without a search the model's defaults are used.
+SEARCH_GRIDS: dict[str, dict[str, list[dict[str, Any]]]] = {
+    "svm": {"classifier": [{"C": c} for c in (3.0, 10.0, 30.0)],
+            "regressor": [{"C": c} for c in (10.0, 30.0, 100.0)]},
+    "linear-svm": {"classifier": [{"C": c} for c in (0.001, 0.01, 0.1)],
+                   "regressor": [{"C": c} for c in (0.01, 0.1, 1.0)]},
+    "xgboost": {kind: [{"max_depth": d, "n_estimators": n} for d in (4, 6) for n in (300, 600)]
+                for kind in ("classifier", "regressor")},
+}
+_CHECKED_ROWS = 8
+
+
+def task_kind(task: str) -> str:
+    """``"regressor"`` for age, ``"classifier"`` for the other tasks."""
+    return "regressor" if class_names(task) is None else "classifier"
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    """One block of features: an extractor on images of one size and colour mode.
+
+    Attributes
+    ----------
+    extractor : str
+        Name for :func:`features.make_extractor` (``pixels``, ``hog``, ``lbp``, ``hog+lbp``).
+    size : tuple of int
+        Image (height, width) the extractor sees.
+    color : {"gray", "rgb"}
+        Colour mode of those images.
+    n_components : int or None
+        Principal components kept after standardising the block; None keeps all columns.
+    """
+
+    extractor: str
+    size: tuple[int, int] = (128, 128)
+    color: str = "gray"
+    n_components: int | None = None
+
+    def __post_init__(self) -> None:
+        make_extractor(self.extractor)          # raises for an unknown name
+        if self.color not in COLOR_MODES:
+            raise ValueError(f"colour must be one of {COLOR_MODES}, got {self.color!r}")
+        if len(self.size) != 2 or min(self.size) < 1:
+            raise ValueError(f"size must be two positive integers, got {self.size}")
+        if self.n_components is not None and self.n_components < 1:
+            raise ValueError(f"n_components must be >= 1, got {self.n_components}")
+
+    @classmethod
+    def parse(cls, text: str) -> FeatureSpec:
+        """Read ``EXTRACTOR[:SIZE[:COLOUR[:PCA]]]``, e.g. ``hog+lbp:128:gray:300``.
+
+        SIZE is ``N`` (square) or ``HxW``; PCA is a number of components or ``none``.
+        Omitted parts take the defaults 128, gray and none.
+        """
+        parts = text.strip().split(":")
+        if not 1 <= len(parts) <= 4 or not parts[0]:
+            raise ValueError(f"feature spec {text!r}: expected EXTRACTOR[:SIZE[:COLOUR[:PCA]]]")
+        try:
+            size = tuple(int(v) for v in parts[1].lower().split("x")) if len(parts) > 1 \
+                else (128, 128)
+            size = size * 2 if len(size) == 1 else size
+            pca = parts[3].lower() if len(parts) > 3 else "none"
+            n_components = None if pca == "none" else int(pca)
+        except ValueError:
+            raise ValueError(f"feature spec {text!r}: SIZE must be N or HxW and PCA a number "
+                             f"of components or 'none'") from None
+        return cls(parts[0], size, parts[2] if len(parts) > 2 else "gray", n_components)
+
+    def __str__(self) -> str:
+        height, width = self.size
+        size = str(height) if height == width else f"{height}x{width}"
+        return f"{self.extractor}:{size}:{self.color}:{self.n_components or 'none'}"
+
+    @property
+    def name(self) -> str:
+        """Block name, e.g. ``hog+lbp@128x128gray``: one block per name in a pipeline."""
+        return f"{self.extractor}@{self.size[0]}x{self.size[1]}{self.color}"
+
+    def branch(self) -> Pipeline:
+        """Stateless ``ImageLoader -> extractor`` pipeline of this block."""
+        return Pipeline([("load", ImageLoader(tuple(self.size), self.color)),
+                         ("extract", make_extractor(self.extractor))])
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-ready settings, with the extractor's parameters."""
+        return {"spec": str(self), "extractor": repr(make_extractor(self.extractor)),
+                "size": list(self.size), "color": self.color,
+                "n_components": self.n_components}
+
+
+#: The default pipeline's features, chosen on the validation split: HOG of 128x128 and
+#: 64x64 grayscale faces (shape at two scales), LBP of 128x128 faces (texture) and
+#: 16x16 colour thumbnails (skin tone, hair), each block reduced by its own PCA.
+DEFAULT_FEATURES: tuple[FeatureSpec, ...] = (
+    FeatureSpec("hog", (128, 128), "gray", 250),
+    FeatureSpec("hog", (64, 64), "gray", 100),
+    FeatureSpec("lbp", (128, 128), "gray", 50),
+    FeatureSpec("pixels", (16, 16), "rgb", 50),
+)
+
+
+class Flipped(TransformerMixin, BaseEstimator):
+    """Apply an extractor to horizontally mirrored images (training augmentation).
+
+    Parameters
+    ----------
+    extractor : transformer
+        A stateless extractor of (N, H, W, C) uint8 batches.
+    """
+
+    def __init__(self, extractor=None):
+        self.extractor = extractor
+
+    def fit(self, X, y=None):
+        """Stateless: nothing is learnt."""
+        return self
+
+    def transform(self, X) -> np.ndarray:
+        """Features of ``X`` mirrored left to right."""
+        return self.extractor.transform(np.ascontiguousarray(np.asarray(X)[:, :, ::-1]))
+
+
+@dataclass
+class TrainConfig:
+    """What to train.
+
+    Attributes
+    ----------
+    features : tuple of FeatureSpec
+        Feature blocks, concatenated.
+    model : {"svm", "linear-svm", "xgboost"}
+        Estimator family.
+    tasks : tuple of str
+        Tasks from :data:`pipelines.labels.TASKS`, each trained as its own model.
+    params : dict
+        Model parameters overriding the defaults, for every task.
+    search : bool
+        Try :data:`SEARCH_GRIDS` on the validation split and keep the best.
+    flip : bool
+        Add horizontally mirrored copies of the training faces.
+    n_jobs : int
+        Processes for feature extraction and threads for fitting.
+    seed : int
+        Seed of PCA and the models.
+    """
+
+    features: tuple[FeatureSpec, ...] = DEFAULT_FEATURES
+    model: str = "svm"
+    tasks: tuple[str, ...] = TASKS
+    params: dict[str, Any] = field(default_factory=dict)
+    search: bool = False
+    flip: bool = False
+    n_jobs: int = 1
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.model not in MODELS:
+            raise ValueError(f"unknown model {self.model!r}; choose from {MODELS}")
+        unknown = [task for task in self.tasks if task not in TASKS]
+        if unknown or not self.tasks:
+            raise ValueError(f"tasks must be a non-empty selection of {TASKS}, got {self.tasks}")
+        names = [spec.name for spec in self.features]
+        if not names or len(set(names)) != len(names):
+            raise ValueError(f"feature blocks must be at least one, each extractor, size and "
+                             f"colour once; got {[str(spec) for spec in self.features]}")
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-ready description."""
+        return {"features": [spec.describe() for spec in self.features], "model": self.model,
+                "tasks": list(self.tasks), "params": self.params, "search": self.search,
+                "flip": self.flip, "n_jobs": self.n_jobs, "seed": self.seed}
+
+
+@dataclass
+class Features:
+    """Feature rows of the readable faces of an index.
+
+    Attributes
+    ----------
+    X : ndarray of float32, shape (n_kept, n_columns)
+        Blocks concatenated in the order of the specs.
+    kept : ndarray of int
+        Positions in the index of the rows.
+    blocks : list of (name, n_columns, n_components)
+        Layout for :func:`models.factory.make_reducer`.
+    """
+
+    X: np.ndarray
+    kept: np.ndarray
+    blocks: list[tuple[str, int, int | None]]
+
+
+def extract_blocks(index: DatasetIndex, specs: Sequence[FeatureSpec], *, flip: bool = False,
+                   n_jobs: int = 1, cache_dir: str | os.PathLike | None = None,
+                   progress: bool = True) -> Features:
+    """Extract every feature block of the faces of ``index`` (cached, in parallel).
+
+    Unreadable files are skipped by :func:`features.extract_features` (and logged); a
+    face is kept when every block could read it.
+    """
+    reports = []
+    for spec in specs:
+        extractor = make_extractor(spec.extractor)
+        reports.append(extract_features(index.paths, Flipped(extractor) if flip else extractor,
+                                        size=tuple(spec.size), color=spec.color, n_jobs=n_jobs,
+                                        cache_dir=cache_dir, progress=progress))
+    kept = reports[0].kept
+    for report in reports[1:]:
+        kept = np.intersect1d(kept, report.kept)
+    X = np.hstack([report.images[np.searchsorted(report.kept, kept)] for report in reports])
+    blocks = [(spec.name, report.images.shape[1], spec.n_components)
+              for spec, report in zip(specs, reports)]
+    return Features(X, kept, blocks)
+
+
+@dataclass
+class TaskResult:
+    """A fitted, assembled and scored model of one task."""
+
+    task: str
+    pipeline: Pipeline
+    params: dict[str, Any]
+    validation: dict[str, float]
+    test_metrics: dict[str, Any]
+    test_true: np.ndarray
+    test_predicted: np.ndarray
+    fit_seconds: float
+    n_train: int
+    candidates: list[dict[str, Any]]
+
+
+def _validation_score(task: str, y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
+    if task_kind(task) == "regressor":
+        return {"mae": float(np.mean(np.abs(y_pred - y_true)))}
+    return {"accuracy": float(np.mean(y_pred == y_true))}
+
+
+def _is_better(task: str, score: dict[str, float], best: dict[str, float] | None) -> bool:
+    if best is None:
+        return True
+    if task_kind(task) == "regressor":
+        return score["mae"] < best["mae"]
+    return score["accuracy"] > best["accuracy"]
+
+
+@dataclass
+class _Candidate:
+    """One estimator to fit for one task, and what fitting it gave."""
+
+    task: str
+    params: dict[str, Any]
+    estimator: Any
+    seconds: float = 0.0
+
+    def fit(self, Z: np.ndarray, y: np.ndarray) -> _Candidate:
+        start = time.perf_counter()
+        self.estimator.fit(Z, y)
+        self.seconds = time.perf_counter() - start
+        return self
+
+
+def _candidates(config: TrainConfig) -> list[_Candidate]:
+    """Every (task, parameters) fit the config asks for: defaults, or the search grid."""
+    candidates = []
+    for task in config.tasks:
+        kind = task_kind(task)
+        for grid_params in SEARCH_GRIDS[config.model][kind] if config.search else [{}]:
+            params = {**config.params, **grid_params}
+            candidates.append(_Candidate(task, params, make_estimator(
+                config.model, kind, n_jobs=config.n_jobs, random_state=config.seed, **params)))
+    return candidates
+
+
+def _union(parts: dict[str, DatasetIndex]) -> DatasetIndex:
+    """All faces of the parts as one index, sorted by file name like the folder's index."""
+    faces = list(parts.values())
+    names = np.concatenate([np.asarray(f.file_names, dtype=object) for f in faces])
+    order = np.argsort(names)
+    labels = {field: np.concatenate([getattr(f, field) for f in faces])[order]
+              for field in ("age", "gender", "ethnicity")}
+    return DatasetIndex(faces[0].folder, tuple(names[order]), skipped=faces[0].skipped,
+                        **labels)
+
+
+def _features_per_part(parts: dict[str, DatasetIndex], specs: Sequence[FeatureSpec],
+                       extract: dict[str, Any]) -> dict[str, Features]:
+    """Extract each block once over all faces of the split (one cached call, whichever
+    parts and models use it), then cut the rows of each part."""
+    everyone = _union(parts)
+    found = extract_blocks(everyone, specs, **extract)
+    row_of_face = dict(zip(np.asarray(everyone.file_names)[found.kept], range(len(found.kept))))
+    features = {}
+    for part, faces in parts.items():
+        rows = [(position, row_of_face[name]) for position, name in enumerate(faces.file_names)
+                if name in row_of_face]
+        positions, selected = (np.array(v, dtype=np.int64) for v in zip(*rows)) if rows \
+            else (np.empty(0, np.int64), np.empty(0, np.int64))
+        features[part] = Features(found.X[selected], positions, found.blocks)
+    return features
+
+
+def _reduced(parts: dict[str, DatasetIndex], config: TrainConfig,
+             extract: dict[str, Any]) -> tuple[Any, dict[str, tuple[np.ndarray, np.ndarray]]]:
+    """Fit the reducer on the training features; return it and, per part, the reduced
+    rows and their positions in the part (training rows then, if asked, their mirror
+    images, so a position can repeat)."""
+    features = _features_per_part(parts, config.features, extract)
+    train = features["train"]
+    start = time.perf_counter()
+    reducer = make_reducer(train.blocks, len(train.X), random_state=config.seed).fit(train.X)
+    logger.info("fitted the reducer (%s) on %d faces in %.1f s",
+                ", ".join(f"{name}: {n} -> {k or n}" for name, n, k in train.blocks),
+                len(train.X), time.perf_counter() - start)
+    reduced = {part: (reducer.transform(found.X), found.kept)
+               for part, found in features.items()}
+    if config.flip:
+        flipped = extract_blocks(parts["train"], config.features, flip=True, **extract)
+        Z, rows = reduced["train"]
+        reduced["train"] = (np.vstack([Z, reducer.transform(flipped.X)]),
+                            np.concatenate([rows, flipped.kept]))
+    return reducer, reduced
+
+
+def train_tasks(parts: dict[str, DatasetIndex], config: TrainConfig, *,
+                cache_dir: str | os.PathLike | None = None,
+                progress: bool = True) -> list[TaskResult]:
+    """Fit, choose on validation and score on test one model per task.
+
+    Parameters
+    ----------
+    parts : dict of str to DatasetIndex
+        ``train``, ``val`` and ``test`` faces (``Split.apply``).
+    config : TrainConfig
+        What to train.
+    cache_dir : path-like, optional
+        Feature cache folder.
+    progress : bool
+        Progress bars.
+
+    Returns
+    -------
+    list of TaskResult
+        In the order of ``config.tasks``; each pipeline predicts from images.
+    """
+    extract = {"n_jobs": config.n_jobs, "cache_dir": cache_dir, "progress": progress}
+    reducer, reduced = _reduced(parts, config, extract)
+    (Z_train, train_rows), (Z_val, val_rows), (Z_test, test_rows) = (
+        reduced["train"], reduced["val"], reduced["test"])
+    test_faces = parts["test"].subset(test_rows)
+    candidates = _candidates(config)
+    # libsvm and liblinear run one thread each, so fits run side by side; XGBoost
+    # uses its own threads
+    threads = 1 if config.model == "xgboost" else config.n_jobs
+    logger.info("fitting %d model(s) on %d faces with %d thread(s)", len(candidates),
+                len(Z_train), threads)
+    Parallel(n_jobs=threads, prefer="threads")(
+        delayed(candidate.fit)(Z_train, parts["train"].labels(candidate.task)[train_rows])
+        for candidate in candidates)
+
+    features = FeatureUnion([(spec.name, spec.branch()) for spec in config.features])
+    results = []
+    for task in config.tasks:
+        y_val = parts["val"].labels(task)[val_rows]
+        best, best_score, tried = None, None, []
+        for candidate in (c for c in candidates if c.task == task):
+            score = _validation_score(task, y_val, candidate.estimator.predict(Z_val))
+            tried.append({"params": candidate.params, "validation": score,
+                          "fit_seconds": round(candidate.seconds, 1)})
+            logger.info("%s %s: validation %s (fit %.1f s)", task, candidate.params, score,
+                        candidate.seconds)
+            if _is_better(task, score, best_score):
+                best, best_score = candidate, score
+        estimator = best.estimator
+        if task_kind(task) == "classifier":
+            estimator = with_probabilities(estimator, Z_val, y_val)
+        predictions = estimator.predict(Z_test)
+        truth = test_faces.labels(task)
+        metrics = evaluate_task(task, truth, predictions, gender=test_faces.gender,
+                                ethnicity=test_faces.ethnicity, age=test_faces.age)
+        pipeline = Pipeline([("features", features), ("reduce", reducer),
+                             ("model", estimator)])
+        _check_assembled(pipeline, test_faces.paths[:_CHECKED_ROWS],
+                         predictions[:_CHECKED_ROWS])
+        results.append(TaskResult(task, pipeline, best.params, best_score, metrics, truth,
+                                  predictions, best.seconds, len(Z_train), tried))
+    return results
+
+
+def with_probabilities(classifier, Z_val: np.ndarray, y_val: np.ndarray):
+    """``classifier`` with ``predict_proba``: as it is if it has one, else calibrated.
+
+    An SVM has no probabilities: a sigmoid per class is fitted to its decision values
+    on the validation faces (the SVM itself stays as fitted; predictions become the
+    most probable class). Without every class among the validation faces the
+    classifier is returned as it is, without ``predict_proba``.
+    """
+    if hasattr(classifier, "predict_proba"):
+        return classifier
+    missing = np.setdiff1d(classifier.classes_, y_val)
+    if missing.size:
+        logger.warning("classes %s are missing from the validation faces: the model gets no "
+                       "predict_proba", missing.tolist())
+        return classifier
+    calibrated = CalibratedClassifierCV(FrozenEstimator(classifier), method="sigmoid")
+    return calibrated.fit(Z_val, y_val)
+
+
+def _check_assembled(pipeline: Pipeline, paths: Sequence[str], expected: np.ndarray) -> None:
+    """The assembled pipeline must reproduce, from image files, the predictions made
+    from the cached features; a mismatch means training and prediction see different
+    features."""
+    predicted = pipeline.predict(list(paths))
+    if not np.allclose(np.asarray(predicted, dtype=np.float64),
+                       np.asarray(expected, dtype=np.float64), rtol=1e-4, atol=1e-3):
+        raise RuntimeError(f"the assembled pipeline predicts {predicted} from the image files "
+                           f"but {expected} from the cached features")
+
+
+def versions() -> dict[str, str]:
+    """Versions of this package and of the libraries a saved model depends on."""
+    names = (PACKAGE, "numpy", "scikit-learn", "scikit-image", "xgboost", "joblib", "pillow")
+    found = {"python": platform.python_version()}
+    for name in names:
+        try:
+            found[name] = package_metadata.version(name)
+        except package_metadata.PackageNotFoundError:
+            found[name] = "not installed"
+    return found
+
+
+def save_results(out_dir: str | os.PathLike, results: Sequence[TaskResult],
+                 config: TrainConfig, split_info: dict[str, Any]) -> list[dict[str, Any]]:
+    """Write each task's model, model metadata, test metrics and plots into ``out_dir``.
+
+    Files per task: ``<task>_model.joblib`` (the whole pipeline, ``joblib.dump``),
+    ``<task>_model.json`` (metadata with the model file's SHA-256, checked by
+    :func:`models.safety.load_model`), ``<task>_metrics.json`` and a PNG plot. Every
+    file is written atomically.
+
+    Returns
+    -------
+    list of dict
+        One summary row per task (for :func:`pipelines.reports.format_summary_table`).
+    """
+    out_dir = Path(out_dir)
+    installed = versions()
+    rows = []
+    for result in results:
+        names = class_names(result.task)
+        metadata = {
+            "format_version": 1,
+            "package_version": installed[PACKAGE],
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "task": result.task,
+            "kind": task_kind(result.task),
+            "label_names": list(names) if names else None,
+            "predicts": ("class index into label_names" if names else "age in years"),
+            "model": config.model,
+            "params": result.params,
+            "estimator": repr(result.pipeline.named_steps["model"]),
+            "features": [spec.describe() for spec in config.features],
+            "flip_augmentation": config.flip,
+            "split": split_info,
+            "n_train": result.n_train,
+            "validation": result.validation,
+            "candidates": result.candidates,
+            "test": headline(result.task, result.test_metrics),
+            "n_test": result.test_metrics["overall"]["n"],
+            "fit_seconds": round(result.fit_seconds, 1),
+            "versions": installed,
+        }
+        pipeline = result.pipeline
+        save_artifact(out_dir / f"{result.task}_model.joblib",
+                      lambda temp: joblib.dump(pipeline, temp), metadata)
+        write_task_report(out_dir, result.task, result.test_metrics, result.test_true,
+                          result.test_predicted)
+        rows.append(summary_row(result, config.model))
+    return rows
+
+
+def summary_row(result: TaskResult, model: str) -> dict[str, Any]:
+    """One task's line of the summary table: validation score, test headline, fit time."""
+    test = headline(result.task, result.test_metrics)
+    return {"task": result.task, "model": model, "n_train": result.n_train,
+            "val_accuracy": result.validation.get("accuracy"),
+            "val_mae": result.validation.get("mae"),
+            **{f"test_{key}": test.get(key)
+               for key in ("accuracy", "f1_macro", "mae", "rmse", "within_5")},
+            "fit_s": round(result.fit_seconds)}
+
+
+def run_classical(data_dir: str | os.PathLike, config: TrainConfig, *,
+                  split_path: str | os.PathLike, out_dir: str | os.PathLike,
+                  cache_dir: str | os.PathLike | None = None, overwrite: bool = False,
+                  progress: bool = True) -> dict[str, Any]:
+    """The whole job: index and split the data, train, score on test, write results.
+
+    Parameters
+    ----------
+    data_dir : path-like
+        UTKFace image folder.
+    config : TrainConfig
+        What to train.
+    split_path : path-like
+        Split manifest; made from ``config.seed`` and saved there if missing.
+    out_dir : path-like
+        Results folder (see :func:`save_results`, plus ``summary.json``).
+    cache_dir : path-like, optional
+        Feature cache folder.
+    overwrite : bool
+        Allow an output folder that already holds files.
+    progress : bool
+        Progress bars.
+
+    Returns
+    -------
+    dict
+        The content of ``summary.json``: ``rows`` (one per task), ``config``,
+        ``split``, ``data``, ``seconds`` and ``versions``.
+
+    Raises
+    ------
+    pipelines.reports.OutputExistsError
+        If ``out_dir`` holds files and ``overwrite`` is false (checked before the
+        features are extracted).
+    """
+    start = time.perf_counter()
+    index = index_folder(data_dir)
+    out_dir = prepare_output_dir(out_dir, overwrite)
+    split = load_or_create_split(index, split_path, seed=config.seed)
+    parts = split.apply(index)
+    split_info = {"manifest": str(Path(split_path).resolve()), "sha256": split.sha256,
+                  **{part: len(faces) for part, faces in parts.items()}}
+    logger.info("%d faces in %s; split %s", len(index), index.folder, split_info)
+    results = train_tasks(parts, config, cache_dir=cache_dir, progress=progress)
+    rows = save_results(out_dir, results, config, split_info)
+    summary = {"rows": rows, "config": config.describe(), "split": split_info,
+               "data": str(index.folder), "seconds": round(time.perf_counter() - start, 1),
+               "versions": versions()}
+    atomic_write_json(out_dir / "summary.json", summary)
+    return summary

@@ -1,0 +1,749 @@
+"""Command line and functions: age, gender and ethnicity of the faces in new photos.
+
+Run ``python -m pipelines.predict MODEL IMAGE_OR_FOLDER... [--out results.csv]``.
+
+Models
+    ``MODEL`` is what :mod:`pipelines.run` or :mod:`pipelines.cnn_training` wrote: a run
+    folder (``<task>_model.joblib`` per task and/or a CNN ``model.keras``), or one model
+    file (a classical ``.joblib`` with its metadata JSON beside it, a CNN ``.keras``, or a
+    pickled CNN ``.joblib`` with metadata). Every ``.joblib`` goes through
+    :func:`models.safety.load_model`, which checks the SHA-256 recorded in the metadata
+    before unpickling. A ``.joblib`` whose metadata records another ``utkface-toolkit``
+    version than the installed one is **refused** (a pickled pipeline runs this
+    package's feature code, which may have changed); ``allow_other_version`` /
+    ``--allow-other-version`` uses it anyway, with a warning. A ``.keras`` file holds no
+    code and no metadata: it is loaded by Keras' safe loader, without a version check.
+    When a folder holds two models of one task, the per-task classical file is used.
+    Age groups come from the predicted age (:func:`pipelines.labels.age_group`), so age
+    and group always agree; an ``age_group`` classifier is used only without an age
+    model. Predicted ages are clipped at 0, as the CNN does.
+
+Photos
+    Each face is found with :func:`features.faces.detect_faces` on the grayscale photo
+    and cropped in the UTKFace framing (:func:`features.faces.crop_face`); with
+    ``detect=False`` (``--no-detect``) every image is taken as an already-cropped face.
+    Face 0 of a photo is the detection most raw detections agreed on. Folders are walked
+    recursively for :data:`PHOTO_EXTENSIONS` (hidden files skipped), in sorted order;
+    files named explicitly are read whatever their extension.
+
+Bad files
+    Photos are decoded as :mod:`features.io` decodes them: any Pillow mode, so a 16-bit
+    PNG works. Empty, truncated, non-image and over-``features.io.MAX_PIXELS``
+    (decompression bomb) files, photos without a face, and **animated or multi-frame
+    images (GIF, WebP, APNG, multi-page TIFF), which are refused** rather than judged
+    from an arbitrary frame, each give a warning and one record with an ``error``; the
+    run goes on. (A camera's multi-picture MPO JPEG is read as its primary image.)
+
+Batching
+    A face's prediction never depends on the other faces of a run, and is bit for bit
+    what the saved model's own ``predict([crop])`` gives. The crops of several photos are
+    gathered into a batch; a classical pipeline's first step (the stateless image ->
+    features step) runs over the whole batch, once for all tasks whose first steps are
+    equal, and its learnt steps (scaling, PCA, model) run face by face: BLAS matrix
+    products differ in the last bits between one row and many. A CNN runs face by face
+    for the same reason: TensorFlow's CPU kernels give a face slightly different outputs
+    (about 1e-8) at different positions of a batch.
+
+Output
+    One record per face (per file when it failed): :data:`FACE_COLUMNS`, then per task
+    the prediction and, for a model with ``predict_proba``, ``p_<task>_<class>`` per
+    class, then ``error``. Written as each batch is done, flushed per photo, so a run that
+    is stopped keeps what it did: CSV (``.csv``), JSON Lines (``.jsonl``, one object per
+    line, the most robust: every complete line is a record even after a hard kill) or a
+    JSON array (``.json``, written incrementally; its closing bracket is written on
+    normal end, errors and Ctrl-C, but not when the process is killed). Without an
+    output file a table is printed.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import os
+import sys
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Protocol, Sequence, TextIO
+
+import joblib
+import numpy as np
+from PIL import Image
+from sklearn.pipeline import Pipeline
+from tqdm.auto import tqdm
+
+from features.faces import FaceBox, crop_face, detect_faces
+from features.io import ImageLoadError, convert_mode, open_image
+from models import cnn, safety
+from pipelines.classical import PACKAGE, versions
+from pipelines.cnn_training import MODEL_FILE as CNN_MODEL_FILE
+from pipelines.labels import AGE_GROUP_NAMES, TASKS, age_group
+from pipelines.metrics import class_names
+
+logger = logging.getLogger(__name__)
+
+PHOTO_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp",
+                                     ".tif", ".tiff")
+OUTPUT_SUFFIXES: tuple[str, ...] = (".csv", ".jsonl", ".json")
+FACE_COLUMNS: tuple[str, ...] = ("file", "face", "top", "left", "height", "width")
+DEFAULT_BATCH_SIZE = 32
+
+
+class ModelError(Exception):
+    """A model that is missing, corrupt, fails its checksum or is of another version."""
+
+
+class NoFaceError(ValueError):
+    """A photo in which no face was found."""
+
+
+# --- models -----------------------------------------------------------------------------
+
+
+@dataclass
+class ClassicalTask:
+    """A saved classical pipeline of one task, split for batched prediction.
+
+    Attributes
+    ----------
+    task : str
+        Task it predicts.
+    features : Pipeline
+        The stateless first step (images -> features), run over a batch of crops.
+    learnt : Pipeline
+        The remaining steps, run face by face.
+    features_key : str
+        Hash of ``features``: tasks with equal keys share one extraction.
+    classes : ndarray or None
+        Class codes of the ``predict_proba`` columns; None without probabilities.
+    """
+
+    task: str
+    features: Pipeline
+    learnt: Pipeline
+    features_key: str
+    classes: np.ndarray | None
+
+    @classmethod
+    def from_pipeline(cls, task: str, pipeline: Pipeline) -> ClassicalTask:
+        """Split a pipeline saved by :mod:`pipelines.classical`."""
+        has_proba = task != "age" and hasattr(pipeline, "predict_proba")
+        return cls(task, pipeline[:1], pipeline[1:], joblib.hash(pipeline[0]),
+                   np.asarray(pipeline.classes_) if has_proba else None)
+
+    def outputs(self, features: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """Predictions and class probabilities (columns in code order) of feature rows."""
+        rows = [features[i:i + 1] for i in range(len(features))]
+        values = np.concatenate([self.learnt.predict(row) for row in rows])
+        if self.classes is None:
+            return values, None
+        proba = np.zeros((len(rows), len(class_names(self.task))))
+        proba[:, self.classes] = np.concatenate([self.learnt.predict_proba(row) for row in rows])
+        return values, proba
+
+
+class FacePredictor:
+    """Every task model of a run, predicting from face crops.
+
+    Parameters
+    ----------
+    classical : sequence of ClassicalTask
+        Classical models, one task each.
+    network : CNNPredictor, optional
+        A CNN, used for ``network_tasks``.
+    network_tasks : sequence of str
+        Tasks taken from the CNN.
+    batch_size : int
+        Faces gathered before they are predicted (see the module docstring).
+    """
+
+    def __init__(self, classical: Sequence[ClassicalTask], network: cnn.CNNPredictor | None = None,
+                 network_tasks: Sequence[str] = (), batch_size: int = DEFAULT_BATCH_SIZE):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.classical = list(classical)
+        self.network = network
+        self.network_tasks = tuple(network_tasks)
+        self.batch_size = batch_size
+        found = {model.task for model in self.classical} | set(self.network_tasks)
+        #: Tasks predicted, in :data:`pipelines.labels.TASKS` order.
+        self.tasks = tuple(task for task in TASKS if task in found)
+
+    def _has_proba(self, task: str) -> bool:
+        if task in self.network_tasks:
+            return task != "age"
+        return next(m for m in self.classical if m.task == task).classes is not None
+
+    @property
+    def columns(self) -> list[str]:
+        """Prediction columns of a record, in order."""
+        columns = []
+        for task in self.tasks:
+            if task == "age":
+                columns += ["age", "age_group"]
+                continue
+            columns.append(task)
+            if self._has_proba(task):
+                columns += [f"p_{task}_{name}" for name in class_names(task)]
+        return columns
+
+    def _classical_outputs(self, crops: Sequence[np.ndarray]) -> dict[str, tuple]:
+        extracted: dict[str, np.ndarray] = {}
+        outputs = {}
+        for model in self.classical:
+            if model.features_key not in extracted:
+                extracted[model.features_key] = model.features.transform(list(crops))
+            outputs[model.task] = model.outputs(extracted[model.features_key])
+        return outputs
+
+    def _network_outputs(self, crops: Sequence[np.ndarray]) -> dict[str, tuple]:
+        if self.network is None:
+            return {}
+        values = [self.network.predict([crop]) for crop in crops]
+        proba = ([self.network.predict_proba([crop]) for crop in crops]
+                 if set(self.network_tasks) - {"age"} else [])
+        return {task: (np.concatenate([value[task] for value in values]),
+                       np.concatenate([p[task] for p in proba]) if task != "age" else None)
+                for task in self.network_tasks}
+
+    def predict(self, crops: Sequence[np.ndarray]) -> list[dict[str, Any]]:
+        """Predictions for face crops.
+
+        Parameters
+        ----------
+        crops : sequence of ndarray
+            uint8 faces (H, W, 3) RGB or (H, W) gray, any size, in the UTKFace framing.
+
+        Returns
+        -------
+        list of dict
+            Per crop, the values of :attr:`columns`: class names, probabilities as
+            floats, age in years (>= 0) and its age group name.
+        """
+        if not crops:
+            return []
+        outputs = {**self._network_outputs(crops), **self._classical_outputs(crops)}
+        return [_fields(outputs, row) for row in range(len(crops))]
+
+
+def _fields(outputs: dict[str, tuple], row: int) -> dict[str, Any]:
+    """One face's record values from per-task (predictions, probabilities) arrays."""
+    fields: dict[str, Any] = {}
+    for task in TASKS:
+        if task not in outputs:
+            continue
+        values, proba = outputs[task]
+        if task == "age":
+            age = max(float(values[row]), 0.0)
+            fields.update(age=age, age_group=AGE_GROUP_NAMES[int(age_group(age))])
+            continue
+        names = class_names(task)
+        fields[task] = names[int(values[row])]
+        if proba is not None:
+            fields.update({f"p_{task}_{name}": float(p) for name, p in zip(names, proba[row])})
+    return fields
+
+
+def _check_version(path: Path, metadata: dict[str, Any], allow_other_version: bool) -> None:
+    """Refuse (or, if allowed, warn about) a model saved by another package version."""
+    saved = metadata.get("package_version") or metadata.get("versions", {}).get(PACKAGE)
+    installed = versions()[PACKAGE]
+    if saved == installed:
+        return
+    message = (f"{path} was saved by {PACKAGE} {saved or '(version not recorded)'}, but "
+               f"{installed} is installed")
+    if not allow_other_version:
+        raise ModelError(f"{message}; its features may be computed differently now. Retrain "
+                         f"it, or pass --allow-other-version to use it anyway")
+    logger.warning("%s: used anyway (--allow-other-version)", message)
+
+
+def _load_joblib(path: Path, allow_other_version: bool) -> dict[str, Any]:
+    metadata = safety.read_metadata(path)
+    _check_version(path, metadata, allow_other_version)
+    model = safety.load_model(path)
+    if isinstance(model, cnn.CNNPredictor):
+        _ = model.network  # decode the network now, before any output is written
+        return {task: model for task in model.tasks}
+    if isinstance(model, Pipeline) and metadata.get("task") in TASKS:
+        return {metadata["task"]: model}
+    raise ModelError(f"{path} holds a {type(model).__name__} (task {metadata.get('task')!r}), "
+                     f"not a model saved by pipelines.run or a CNNPredictor")
+
+
+def load_model_file(path: str | os.PathLike,
+                    allow_other_version: bool = False) -> dict[str, Any]:
+    """Load one saved model and name the tasks it predicts.
+
+    Parameters
+    ----------
+    path : path-like
+        A ``.joblib`` (checksum-verified, version-checked; see the module docstring) or
+        a CNN ``.keras``.
+    allow_other_version : bool
+        Use a ``.joblib`` saved by another ``utkface-toolkit`` version, with a warning.
+
+    Returns
+    -------
+    dict
+        Task -> model (a scikit-learn ``Pipeline`` or a ``CNNPredictor``).
+
+    Raises
+    ------
+    ModelError
+        For a missing, unreadable, corrupt or tampered file, a missing or mismatched
+        checksum, or another package version; nothing is predicted then.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(f"no model file at {path}")
+    try:
+        if path.suffix == ".keras":
+            predictor = cnn.load_model(path)
+            return {task: predictor for task in predictor.tasks}
+        if path.suffix == ".joblib":
+            return _load_joblib(path, allow_other_version)
+    except ModelError:
+        raise
+    except safety.ChecksumError as error:
+        raise ModelError(str(error)) from None
+    except Exception as error:  # unpickling and Keras fail in many ways: all mean "corrupt"
+        raise ModelError(f"{path}: cannot load the model, the file is corrupt or not a "
+                         f"model ({type(error).__name__}: {error})") from error
+    raise ModelError(f"{path}: not a model file (expected .joblib or .keras)")
+
+
+def model_files(path: str | os.PathLike) -> list[Path]:
+    """The model files of a run folder (classical per task, then the CNN), or ``[path]``.
+
+    Raises
+    ------
+    ModelError
+        If ``path`` does not exist, or is a folder without model files.
+    """
+    path = Path(path)
+    if path.is_dir():
+        found = [path / f"{task}_model.joblib" for task in TASKS] + [path / CNN_MODEL_FILE]
+        found = [file for file in found if file.is_file()]
+        if not found:
+            raise ModelError(f"{path} holds no model: expected <task>_model.joblib files "
+                             f"(pipelines.run) or {CNN_MODEL_FILE} (a CNN run)")
+        return found
+    if not path.exists():
+        raise ModelError(f"no model file or run folder at {path}")
+    return [path]
+
+
+def load_predictor(path: str | os.PathLike, *, allow_other_version: bool = False,
+                   batch_size: int = DEFAULT_BATCH_SIZE) -> FacePredictor:
+    """Load every task model of a run folder or model file into a :class:`FacePredictor`.
+
+    A task found in two files is taken from the first (:func:`model_files` order); an
+    ``age_group`` classifier is left out when an age model is loaded.
+
+    Raises
+    ------
+    ModelError
+        See :func:`load_model_file` and :func:`model_files`.
+    """
+    chosen: dict[str, Any] = {}
+    for file in model_files(path):
+        for task, model in load_model_file(file, allow_other_version).items():
+            if task in chosen:
+                logger.info("%s: not used for %s, taken from an earlier file", file, task)
+            else:
+                chosen[task] = model
+                logger.info("%s predicted by %s", task, file)
+    if "age" in chosen and chosen.pop("age_group", None) is not None:
+        logger.info("age groups come from the age predictions, not the age_group model")
+    networks = {id(model): model for model in chosen.values()
+                if isinstance(model, cnn.CNNPredictor)}
+    if len(networks) > 1:
+        raise ModelError(f"{path} holds more than one CNN; point at one model file")
+    classical = [ClassicalTask.from_pipeline(task, model) for task, model in chosen.items()
+                 if isinstance(model, Pipeline)]
+    network = next(iter(networks.values()), None)
+    return FacePredictor(classical, network,
+                         [task for task, model in chosen.items() if model is network],
+                         batch_size)
+
+
+# --- photos -----------------------------------------------------------------------------
+
+
+def find_photos(inputs: Sequence[str | os.PathLike]) -> list[Path]:
+    """Image files to predict: files as given, folders walked recursively.
+
+    Folders contribute files with an extension in :data:`PHOTO_EXTENSIONS` (any case),
+    sorted, skipping hidden files and folders.
+
+    Raises
+    ------
+    FileNotFoundError
+        If an input does not exist.
+    """
+    photos: list[Path] = []
+    for given in map(Path, inputs):
+        if given.is_dir():
+            photos += sorted(
+                file for file in given.rglob("*")
+                if file.suffix.lower() in PHOTO_EXTENSIONS and file.is_file()
+                and not any(part.startswith(".") for part in file.relative_to(given).parts))
+        elif given.exists():
+            photos.append(given)
+        else:
+            raise FileNotFoundError(f"no such file or folder: {given}")
+    return photos
+
+
+def read_photo(path: str | os.PathLike) -> Image.Image:
+    """Decode a photo at full size as RGB, as :func:`features.io.load_image` decodes.
+
+    Raises
+    ------
+    features.io.ImageLoadError
+        See :func:`features.io.open_image`.
+    """
+    return convert_mode(open_image(path), 3)
+
+
+def faces_in(photo: Image.Image, detect: bool = True) -> list[tuple[FaceBox, np.ndarray]]:
+    """Face boxes and their uint8 RGB crops in the UTKFace framing.
+
+    With ``detect=False`` the whole photo is one face. Raises :class:`NoFaceError`
+    when detection finds none.
+    """
+    if not detect:
+        return [(FaceBox(0, 0, photo.height, photo.width), np.asarray(photo))]
+    boxes = detect_faces(np.asarray(photo.convert("L")))
+    if not boxes:
+        raise NoFaceError("no face found (for already-cropped faces use --no-detect)")
+    return [(box, np.asarray(crop_face(photo, box))) for box in boxes]
+
+
+# --- records ----------------------------------------------------------------------------
+
+
+def _error_record(path: Path, error: Exception) -> dict[str, Any]:
+    logger.warning("%s", error if str(error).startswith(str(path)) else f"{path}: {error}")
+    return {"file": str(path), "error": str(error).removeprefix(f"{path}: ")}
+
+
+def _face_record(path: Path, index: int, box: FaceBox) -> dict[str, Any]:
+    return {"file": str(path), "face": index, "top": box.top, "left": box.left,
+            "height": box.height, "width": box.width}
+
+
+@dataclass
+class _Photo:
+    """A photo read and searched: its faces, or why it failed."""
+
+    path: Path
+    faces: list[tuple[FaceBox, np.ndarray]]
+    error: Exception | None = None
+
+
+def _search(path: Path, detect: bool) -> _Photo:
+    try:
+        return _Photo(path, faces_in(read_photo(path), detect))
+    except (ImageLoadError, NoFaceError) as error:
+        return _Photo(path, [], error)
+
+
+def _predict_pending(predictor: FacePredictor,
+                     pending: list[_Photo]) -> Iterator[list[dict[str, Any]]]:
+    """Predict the faces of the pending photos at once; yield each photo's records."""
+    fields = iter(predictor.predict([crop for photo in pending for _, crop in photo.faces]))
+    for photo in pending:
+        if photo.error is not None:
+            yield [_error_record(photo.path, photo.error)]
+        else:
+            yield [{**_face_record(photo.path, index, box), **next(fields)}
+                   for index, (box, _) in enumerate(photo.faces)]
+
+
+def predict_photos(predictor: FacePredictor, paths: Sequence[str | os.PathLike], *,
+                   detect: bool = True, progress: bool = True) -> Iterator[list[dict[str, Any]]]:
+    """Predict every face of every photo, in batches; yield each photo's records in order.
+
+    Parameters
+    ----------
+    predictor : FacePredictor
+        Loaded models.
+    paths : sequence of path-like
+        Photos.
+    detect : bool
+        Find faces; otherwise each photo is one already-cropped face.
+    progress : bool
+        Show a tqdm progress bar (photos read).
+
+    Yields
+    ------
+    list of dict
+        The records of one photo: one per face, or one with ``error`` (no face, or an
+        unreadable file; logged as a warning). Keys: :data:`FACE_COLUMNS`, the
+        predictor's columns and ``error``, where they apply.
+    """
+    pending: list[_Photo] = []
+    n_crops = 0
+    for path in tqdm(list(map(Path, paths)), desc="predicting", unit="photo",
+                     disable=not progress):
+        pending.append(_search(path, detect))
+        n_crops += len(pending[-1].faces)
+        if n_crops >= predictor.batch_size:
+            yield from _predict_pending(predictor, pending)
+            pending, n_crops = [], 0
+    yield from _predict_pending(predictor, pending)
+
+
+# --- output -----------------------------------------------------------------------------
+
+
+class RecordWriter(Protocol):
+    """Writes records as they come."""
+
+    def write(self, records: Sequence[dict[str, Any]]) -> None:
+        """Write and flush the records of one photo."""
+
+    def close(self) -> None:
+        """Finish the output (e.g. close a JSON array)."""
+
+
+class _CsvWriter:
+    def __init__(self, stream: TextIO, columns: Sequence[str]):
+        self._stream = stream
+        self._writer = csv.DictWriter(stream, columns)
+        self._writer.writeheader()
+
+    def write(self, records: Sequence[dict[str, Any]]) -> None:
+        self._writer.writerows(records)
+        self._stream.flush()
+
+    def close(self) -> None:
+        self._stream.flush()
+
+
+class _JsonLinesWriter:
+    def __init__(self, stream: TextIO, columns: Sequence[str]):
+        self._stream = stream
+        self._columns = columns
+
+    def _dumps(self, record: dict[str, Any]) -> str:
+        return json.dumps({column: record.get(column) for column in self._columns},
+                          ensure_ascii=False, allow_nan=False)
+
+    def write(self, records: Sequence[dict[str, Any]]) -> None:
+        self._stream.writelines(self._dumps(record) + "\n" for record in records)
+        self._stream.flush()
+
+    def close(self) -> None:
+        self._stream.flush()
+
+
+class _JsonArrayWriter(_JsonLinesWriter):
+    def __init__(self, stream: TextIO, columns: Sequence[str]):
+        super().__init__(stream, columns)
+        self._separator = "[\n"
+
+    def write(self, records: Sequence[dict[str, Any]]) -> None:
+        for record in records:
+            self._stream.write(self._separator + self._dumps(record))
+            self._separator = ",\n"
+        self._stream.flush()
+
+    def close(self) -> None:
+        self._stream.write("[]\n" if self._separator == "[\n" else "\n]\n")
+        self._stream.flush()
+
+
+class TableWriter:
+    """Prints records as aligned rows on stdout (above a progress bar, if any).
+
+    Class predictions show the probability of the predicted class when the model has
+    one; the face box is ``top,left,height,width``.
+    """
+
+    _WIDTHS = {"face": 4, "box": 19, "age": 5, "age_group": 9}
+
+    def __init__(self, columns: Sequence[str], file_width: int):
+        self._columns = ["file", "face", "box"] + [c for c in columns if not c.startswith("p_")]
+        self._widths = {"file": max(file_width, 4), **self._WIDTHS}
+        self._print(self._line({column: column for column in self._columns}) + "error")
+
+    def _line(self, cells: dict[str, str]) -> str:
+        return "".join(f"{cells.get(column, ''):<{self._widths.get(column, 16)}}  "
+                       for column in self._columns)
+
+    @staticmethod
+    def _print(line: str) -> None:
+        tqdm.write(line.rstrip(), file=sys.stdout)
+
+    @staticmethod
+    def _cell(record: dict[str, Any], column: str) -> str:
+        value = record.get(column)
+        if column == "box":
+            return "" if "top" not in record else \
+                ",".join(str(record[key]) for key in ("top", "left", "height", "width"))
+        if value is None:
+            return ""
+        if isinstance(value, float):
+            return f"{value:.1f}"
+        proba = record.get(f"p_{column}_{value}")
+        return str(value) if proba is None else f"{value} {proba:.2f}"
+
+    def write(self, records: Sequence[dict[str, Any]]) -> None:
+        for record in records:
+            cells = {column: self._cell(record, column) for column in self._columns}
+            self._print(self._line(cells) + (record.get("error") or ""))
+
+    def close(self) -> None:
+        sys.stdout.flush()
+
+
+_FILE_WRITERS = {".csv": _CsvWriter, ".jsonl": _JsonLinesWriter, ".json": _JsonArrayWriter}
+
+
+@contextmanager
+def open_writer(out: str | os.PathLike, columns: Sequence[str]) -> Iterator[RecordWriter]:
+    """A streaming writer for ``out`` by its suffix (see :data:`OUTPUT_SUFFIXES`).
+
+    The output is finished (JSON array closed) even when the block raises.
+    """
+    out = Path(out)
+    suffix = out.suffix.lower()
+    if suffix not in _FILE_WRITERS:
+        raise ValueError(f"{out}: output must end in one of {OUTPUT_SUFFIXES}")
+    with open(out, "w", encoding="utf-8", newline="" if suffix == ".csv" else None) as stream:
+        writer = _FILE_WRITERS[suffix](stream, columns)
+        try:
+            yield writer
+        finally:
+            writer.close()
+
+
+def record_columns(predictor: FacePredictor) -> list[str]:
+    """Every column of an output record, in order."""
+    return [*FACE_COLUMNS, *predictor.columns, "error"]
+
+
+@dataclass
+class PredictionSummary:
+    """Counts of a finished prediction run."""
+
+    photos: int = 0
+    faces: int = 0
+    failed: int = 0
+
+
+def write_predictions(writer: RecordWriter, predictor: FacePredictor,
+                      paths: Sequence[str | os.PathLike], *, detect: bool = True,
+                      progress: bool = True) -> PredictionSummary:
+    """Predict the photos and write each photo's records as soon as they are done."""
+    summary = PredictionSummary()
+    for records in predict_photos(predictor, paths, detect=detect, progress=progress):
+        writer.write(records)
+        summary.photos += 1
+        if records[0].get("error"):
+            summary.failed += 1
+        else:
+            summary.faces += len(records)
+    return summary
+
+
+# --- command line -----------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``python -m pipelines.predict``."""
+    parser = argparse.ArgumentParser(
+        prog="python -m pipelines.predict",
+        description="Predict age, gender and ethnicity of the faces in photos with models "
+                    "saved by pipelines.run (or a CNN run): faces are detected, cropped in "
+                    "the UTKFace framing and predicted; one result per face.",
+        epilog="Exit status: 0 every photo gave at least one face, 1 some photos failed (no "
+               "face, unreadable, animated), 2 usage or model error (nothing is written "
+               "then). Loading a .joblib model runs code from it: use only models you "
+               "trust; its SHA-256 is checked against the metadata JSON beside it. "
+               "Example: python -m pipelines.predict runs/classical photos/ --out faces.csv")
+    parser.add_argument("model", type=Path,
+                        help="run folder (<task>_model.joblib files and/or a CNN model.keras) "
+                             "or one model file (.joblib with its metadata .json, or .keras)")
+    parser.add_argument("inputs", nargs="+", type=Path, metavar="IMAGE_OR_FOLDER",
+                        help="photos, or folders searched recursively for "
+                             f"{', '.join(PHOTO_EXTENSIONS)} files")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="results file, written as it goes: .csv, .jsonl (JSON Lines, one "
+                             "object per face) or .json (one array); without it a table is "
+                             "printed")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an existing --out file (without it, it is refused)")
+    parser.add_argument("--no-detect", action="store_true",
+                        help="take every image as an already-cropped face (like UTKFace's), "
+                             "without face detection")
+    parser.add_argument("--allow-other-version", action="store_true",
+                        help="use a .joblib model saved by another utkface-toolkit version "
+                             "(refused by default), with a warning")
+    parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE,
+                        help="faces predicted together (default: %(default)s)")
+    parser.add_argument("--quiet", action="store_true",
+                        help="no progress bar, warnings only")
+    return parser
+
+
+def _check_out(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if args.batch_size < 1:
+        parser.error("--batch-size must be >= 1")
+    if args.out is None:
+        return
+    if args.out.suffix.lower() not in OUTPUT_SUFFIXES:
+        parser.error(f"--out must end in one of {', '.join(OUTPUT_SUFFIXES)}")
+    if args.out.exists() and not args.overwrite:
+        parser.error(f"{args.out} exists; pass --overwrite to replace it")
+
+
+@contextmanager
+def _writer_for(args: argparse.Namespace, predictor: FacePredictor,
+                paths: Sequence[Path]) -> Iterator[RecordWriter]:
+    if args.out is not None:
+        with open_writer(args.out, record_columns(predictor)) as writer:
+            yield writer
+        return
+    writer = TableWriter(predictor.columns, max(len(str(path)) for path in paths))
+    yield writer
+    writer.close()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the exit status (0 all photos OK, 1 some failed, 2 error)."""
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _check_out(parser, args)
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        paths = find_photos(args.inputs)
+        if not paths:
+            raise FileNotFoundError(f"no image files in {', '.join(map(str, args.inputs))}")
+        predictor = load_predictor(args.model, allow_other_version=args.allow_other_version,
+                                   batch_size=args.batch_size)
+    except (ModelError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    try:
+        with logging_redirect_tqdm(), _writer_for(args, predictor, paths) as writer:
+            summary = write_predictions(writer, predictor, paths, detect=not args.no_detect,
+                                        progress=not args.quiet)
+    except KeyboardInterrupt:
+        print(f"\ninterrupted{f'; the results so far are in {args.out}' if args.out else ''}",
+              file=sys.stderr)
+        return 130
+    print(f"{summary.photos} photo(s), {summary.faces} face(s), {summary.failed} failed"
+          + (f"; results in {args.out}" if args.out else ""), file=sys.stderr)
+    return 1 if summary.failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
