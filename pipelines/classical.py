@@ -244,8 +244,9 @@ def extract_blocks(index: DatasetIndex, specs: Sequence[FeatureSpec], *, flip: b
                    progress: bool = True) -> Features:
     """Extract every feature block of the faces of ``index`` (cached, in parallel).
 
-    Unreadable files are skipped by :func:`features.extract_features` (and logged); a
-    face is kept when every block could read it.
+    Unreadable files are skipped by :func:`features.extract_features` (and logged), and
+    so are faces a block could not describe (NaN rows, such as dlib descriptors of a
+    face the detector does not confirm); a face is kept when every block has its row.
     """
     reports = []
     for spec in specs:
@@ -256,6 +257,13 @@ def extract_blocks(index: DatasetIndex, specs: Sequence[FeatureSpec], *, flip: b
     kept = reports[0].kept
     for report in reports[1:]:
         kept = np.intersect1d(kept, report.kept)
+    for spec, report in zip(specs, reports):
+        undescribed = report.kept[np.isnan(report.images).any(axis=1)]
+        if undescribed.size:
+            logger.warning("%s: %d faces could not be described and are left out: %s",
+                           spec, undescribed.size,
+                           ", ".join(index.file_names[i] for i in undescribed[:5]))
+            kept = np.setdiff1d(kept, undescribed)
     X = np.hstack([report.images[np.searchsorted(report.kept, kept)] for report in reports])
     blocks = [(spec.name, report.images.shape[1], spec.n_components)
               for spec, report in zip(specs, reports)]
