@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from features import EXTRACTORS
 from models.factory import MODELS
 from pipelines.classical import DEFAULT_FEATURES, FeatureSpec, TrainConfig, run_classical
 from pipelines.dataset import default_data_dir
@@ -62,7 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--features", nargs="+", type=_feature_spec, default=None,
                         metavar="SPEC",
                         help="feature blocks, concatenated: EXTRACTOR[:SIZE[:COLOUR[:PCA]]] with "
-                             "EXTRACTOR one of pixels, hog, lbp, hog+lbp; SIZE N or HxW pixels "
+                             f"EXTRACTOR one of {', '.join(EXTRACTORS)} (dlib: pretrained face "
+                             "descriptors, use dlib:200:rgb); SIZE N or HxW pixels "
                              "(default 128); COLOUR gray or rgb (default gray); PCA the number "
                              "of principal components kept, or none (default none). "
                              f"Default: {defaults}")
