@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Sequence
 
 from features import EXTRACTORS
+from models.cnn import ARCHITECTURES
 from models.factory import MODELS
 from pipelines.classical import DEFAULT_FEATURES, FeatureSpec, TrainConfig, run_classical
 from pipelines.dataset import default_data_dir
@@ -68,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "(default 128); COLOUR gray or rgb (default gray); PCA the number "
                              "of principal components kept, or none (default none). "
                              f"Default: {defaults}")
-    parser.add_argument("--model", choices=MODELS, default="svm",
+    parser.add_argument("--model", choices=(*MODELS, "cnn"), default="svm",
                         help="svm: RBF-kernel SVC/SVR; linear-svm: LinearSVC/LinearSVR (fast); "
                              "xgboost: XGBClassifier/XGBRegressor (default: svm)")
     parser.add_argument("--tasks", nargs="+", choices=[*TASKS, "all"], default=["all"],
@@ -103,7 +104,39 @@ def build_parser() -> argparse.ArgumentParser:
                         help="seed of a new split, of PCA and of the models (default: 0)")
     parser.add_argument("--quiet", action="store_true",
                         help="no progress bars, warnings only")
+    cnn = parser.add_argument_group("CNN (--model cnn; --features, --param, --search, --flip "
+                                    "do not apply)")
+    cnn.add_argument("--architecture", choices=ARCHITECTURES, default="default",
+                     help="default: our multi-task CNN; seed_baseline: the reference notebook "
+                          "network, gender and age only (default: %(default)s)")
+    cnn.add_argument("--epochs", type=int, default=12, help="most epochs (early stopping on "
+                     "the validation split; default: %(default)s)")
+    cnn.add_argument("--batch-size", type=int, default=64, help="default: %(default)s")
+    cnn.add_argument("--init-from", type=Path, default=None, metavar="SAVED_MODEL",
+                     help="fine-tune a saved CNN (model.keras) on --data instead of starting "
+                          "from scratch; reports test metrics before and after")
+    cnn.add_argument("--freeze-trunk-epochs", type=int, default=0,
+                     help="when fine-tuning, train only the heads for this many epochs first")
     return parser
+
+
+def _run_cnn(args: argparse.Namespace, tasks: Sequence[str]) -> int:
+    """``--model cnn``: train (or fine-tune) the CNN and print its test figures."""
+    from pipelines.cnn_training import train_cnn
+
+    cnn_tasks = [task for task in tasks if task != "age_group"] or None
+    summary = train_cnn(args.data or default_data_dir(), args.out,
+                        architecture=args.architecture, tasks=cnn_tasks,
+                        manifest_path=args.split, epochs=args.epochs,
+                        batch_size=args.batch_size, seed=args.seed, n_jobs=args.n_jobs,
+                        init_from=args.init_from, freeze_trunk_epochs=args.freeze_trunk_epochs,
+                        overwrite=args.overwrite, progress=not args.quiet)
+    rows = [{"task": task, "model": f"cnn:{args.architecture}", **figures}
+            for task, figures in summary["test"].items()]
+    print()
+    print(format_summary_table(rows))
+    print(f"\nCNN, metrics and plots in {args.out}")
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -116,6 +149,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     tasks = TASKS if "all" in args.tasks else tuple(dict.fromkeys(args.tasks))
     try:
+        if args.model == "cnn":
+            return _run_cnn(args, tasks)
         config = TrainConfig(features=tuple(args.features or DEFAULT_FEATURES),
                              model=args.model, tasks=tasks, params=dict(args.param),
                              search=args.search, flip=args.flip, n_jobs=args.n_jobs,

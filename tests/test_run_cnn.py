@@ -1,0 +1,29 @@
+"""``python -m pipelines.run --model cnn`` on a tiny folder (one short epoch)."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import pytest
+
+from pipelines.run import main
+
+
+@pytest.mark.slow
+def test_cnn_through_the_main_command(tmp_path, face_paths, capsys) -> None:
+    folder = tmp_path / "faces"
+    folder.mkdir()
+    for path in face_paths:
+        shutil.copy(path, folder / os.path.basename(path))
+    out = tmp_path / "cnn"
+    argv = ["--model", "cnn", "--data", str(folder), "--split", str(tmp_path / "split.json"),
+            "--out", str(out), "--epochs", "1", "--batch-size", "8", "--n-jobs", "1",
+            "--tasks", "gender", "age", "--quiet"]
+    assert main(argv) == 0
+    table = capsys.readouterr().out
+    assert "cnn:default" in table and "gender" in table and "age" in table
+    summary = json.loads((out / "cnn_summary.json").read_text())
+    assert set(summary["test"]) == {"gender", "age"}
+    assert (out / "model.keras").is_file()
+    assert main(argv) == 2  # results present: --overwrite needed
