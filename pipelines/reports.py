@@ -52,6 +52,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         yield temp
         with open(temp, "rb+") as stream:
             os.fsync(stream.fileno())
+        os.chmod(temp, 0o644)  # mkstemp makes owner-only files
         os.replace(temp, target)
     except BaseException:
         temp.unlink(missing_ok=True)

@@ -22,7 +22,6 @@ import json
 import logging
 import math
 import os
-import tempfile
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +32,7 @@ from sklearn.model_selection import train_test_split
 
 from pipelines.dataset import DatasetIndex
 from pipelines.labels import age_group
+from pipelines.reports import atomic_write_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -127,22 +127,8 @@ class Split:
         path : str or os.PathLike
             Destination file; missing parent folders are created.
         """
-        target = Path(path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        handle, temp_name = tempfile.mkstemp(
-            dir=target.parent, prefix=f".{target.name}.", suffix=".tmp"
-        )
-        try:
-            with os.fdopen(handle, "w", encoding="utf-8") as stream:
-                json.dump(self.to_manifest(), stream, indent=1, sort_keys=True)
-                stream.write("\n")
-                stream.flush()
-                os.fsync(stream.fileno())
-            os.chmod(temp_name, 0o644)
-            os.replace(temp_name, target)
-        except BaseException:
-            Path(temp_name).unlink(missing_ok=True)
-            raise
+        text = json.dumps(self.to_manifest(), indent=1, sort_keys=True) + "\n"
+        atomic_write_bytes(path, text.encode("utf-8"))
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Split:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from features import extract
 from features.io import load_images
 from pipelines.dataset import default_data_dir, index_folder
 
@@ -22,3 +23,17 @@ def face_paths() -> list[str]:
 def face_images(face_paths) -> np.ndarray:
     """The sample decoded to (24, 128, 128, 1) uint8."""
     return load_images(face_paths, progress=False).images
+
+
+@pytest.fixture
+def counted_extraction(monkeypatch) -> list:
+    """Record every extraction that really runs (feature-cache misses)."""
+    calls = []
+    original = extract.map_image_chunks
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(extract, "map_image_chunks", counting)
+    return calls

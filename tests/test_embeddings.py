@@ -19,7 +19,6 @@ from sklearn.base import clone
 from sklearn.pipeline import Pipeline
 from sklearn.svm import SVC
 
-from features import extract
 from features.embeddings import DlibFaceDescriptor, describe_faces
 from features.extract import extract_features, make_extractor
 from features.io import load_images
@@ -118,15 +117,9 @@ def test_registry_does_not_import_dlib() -> None:
     assert done.stdout.strip() == "False"
 
 
-def test_cached_extraction(tmp_path, face_paths, rgb_faces, descriptors, monkeypatch) -> None:
-    calls = []
-    original = extract.map_image_chunks
-
-    def counting(*args, **kwargs):
-        calls.append(1)
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(extract, "map_image_chunks", counting)
+def test_cached_extraction(tmp_path, face_paths, rgb_faces, descriptors,
+                           counted_extraction) -> None:
+    calls = counted_extraction
     settings = dict(size=(200, 200), color="rgb", cache_dir=tmp_path, progress=False)
     first = extract_features(face_paths[:4], make_extractor("dlib"), **settings)
     again = extract_features(face_paths[:4], make_extractor("dlib"), **settings)

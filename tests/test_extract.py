@@ -7,25 +7,10 @@ import shutil
 import numpy as np
 import pytest
 
-from features import extract
 from features.extract import extract_features, make_extractor
 from features.hog import HOGFeatures
 from features.io import load_images
 from features.pixels import PixelFeatures, eigenfaces
-
-
-@pytest.fixture
-def counted_extraction(monkeypatch):
-    """Count the extractions that really run (cache misses)."""
-    calls = []
-    original = extract.map_image_chunks
-
-    def counting(*args, **kwargs):
-        calls.append(1)
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(extract, "map_image_chunks", counting)
-    return calls
 
 
 def test_named_extractors_are_fresh_and_known() -> None:
