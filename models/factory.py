@@ -1,9 +1,12 @@
-"""Classical models by name, and the learnt feature reduction that goes before them.
+"""Classical models by name, the learnt feature reduction before them, and mirroring.
 
 A classical pipeline is ``features -> reducer -> estimator``. The features come from
 one or more stateless extractors (``features``), concatenated as blocks of columns;
 :func:`make_reducer` standardises each block, projects it on its principal components
 and brings the blocks to a comparable scale; :func:`make_estimator` builds the model.
+:class:`Mirrored` extracts features of mirrored faces; :class:`PerView` and
+:class:`MirrorAveraged` reduce and judge a face and its mirror image side by side
+(test-time augmentation).
 """
 from __future__ import annotations
 
@@ -15,6 +18,7 @@ from sklearn.compose import ColumnTransformer
 from sklearn.decomposition import PCA
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
+from sklearn.utils.metaestimators import available_if
 from sklearn.utils.validation import check_is_fitted
 
 from models.svm import make_svm
@@ -100,3 +104,121 @@ def make_reducer(blocks: Sequence[tuple[str, int, int | None]], n_samples: int,
         transformers.append((name, Pipeline(steps), slice(start, start + n_columns)))
         start += n_columns
     return ColumnTransformer(transformers)
+
+
+class Mirrored(TransformerMixin, BaseEstimator):
+    """Apply a stateless transformer to horizontally mirrored images.
+
+    Parameters
+    ----------
+    transformer : transformer
+        A stateless extractor of (N, H, W, C) image batches.
+    """
+
+    def __init__(self, transformer=None):
+        self.transformer = transformer
+
+    def fit(self, X, y=None):
+        """Stateless: nothing is learnt."""
+        return self
+
+    def transform(self, X) -> np.ndarray:
+        """Features of the images ``X`` mirrored left to right."""
+        return self.transformer.transform(np.ascontiguousarray(np.asarray(X)[:, :, ::-1]))
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.requires_fit = False
+        return tags
+
+
+def _halves(X) -> tuple[np.ndarray, np.ndarray]:
+    """Split rows ``[face | mirror image]`` into their two equal halves."""
+    X = np.asarray(X)
+    if X.ndim != 2 or X.shape[1] % 2:
+        raise ValueError(f"expected rows of two equal halves [face | mirror image], "
+                         f"got shape {X.shape}")
+    half = X.shape[1] // 2
+    return X[:, :half], X[:, half:]
+
+
+class PerView(TransformerMixin, BaseEstimator):
+    """Apply a fitted transformer to each half of rows ``[face | mirror image]``.
+
+    Like ``sklearn.frozen.FrozenEstimator``, the transformer is used as it was fitted
+    (on faces, one half wide): :meth:`fit` does nothing.
+
+    Parameters
+    ----------
+    transformer : transformer
+        Fitted; transforms one half.
+    """
+
+    def __init__(self, transformer):
+        self.transformer = transformer
+
+    def fit(self, X=None, y=None):
+        """Nothing: the transformer is already fitted."""
+        return self
+
+    def transform(self, X) -> np.ndarray:
+        """``[transform(face) | transform(mirror image)]``."""
+        image, mirror = _halves(X)
+        return np.hstack([self.transformer.transform(image), self.transformer.transform(mirror)])
+
+    def __sklearn_is_fitted__(self) -> bool:
+        return True
+
+
+def _model_has(method: str):
+    return lambda self: hasattr(self.model, method)
+
+
+class MirrorAveraged(BaseEstimator):
+    """Average a fitted model's outputs over each face and its mirror image.
+
+    Each input row is ``[features of a face | features of its mirror image]``, two
+    halves of equal width. A regressor's two predictions are averaged; a classifier
+    picks the class with the highest mean probability (or, without ``predict_proba``,
+    mean decision value). Like ``sklearn.frozen.FrozenEstimator``, the model is used as
+    it was fitted (on faces, one half wide): :meth:`fit` does nothing.
+
+    Parameters
+    ----------
+    model : estimator
+        Fitted; predicts from one half.
+    """
+
+    def __init__(self, model):
+        self.model = model
+
+    def fit(self, X=None, y=None):
+        """Nothing: the model is already fitted."""
+        return self
+
+    @property
+    def classes_(self) -> np.ndarray:
+        """The classes of a classifier ``model``."""
+        return self.model.classes_
+
+    @available_if(_model_has("predict_proba"))
+    def predict_proba(self, X) -> np.ndarray:
+        """Mean of the class probabilities of both views."""
+        image, mirror = _halves(X)
+        return (self.model.predict_proba(image) + self.model.predict_proba(mirror)) / 2
+
+    def predict(self, X) -> np.ndarray:
+        """Mean prediction of both views (regressor), or the class that is most
+        probable (or has the largest decision value) on average (classifier)."""
+        image, mirror = _halves(X)
+        if not hasattr(self.model, "classes_"):
+            return (self.model.predict(image) + self.model.predict(mirror)) / 2
+        if hasattr(self.model, "predict_proba"):
+            return self.classes_[self.predict_proba(X).argmax(axis=1)]
+        decision = self.model.decision_function(image) + self.model.decision_function(mirror)
+        if decision.ndim == 1:
+            return self.classes_[(decision > 0).astype(np.int64)]
+        return self.classes_[decision.argmax(axis=1)]
+
+    def __sklearn_is_fitted__(self) -> bool:
+        return True

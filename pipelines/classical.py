@@ -5,13 +5,19 @@ on features extracted once, in parallel and cached on disk. The stateless image
 loader and extractors are then put in front of it, so that every saved model is one
 scikit-learn ``Pipeline`` from image paths or arrays to predictions::
 
-    FeatureUnion(per feature block: ImageLoader(size, colour) -> extractor)
-      -> ColumnTransformer(per block: StandardScaler -> PCA -> GlobalScaler)
-      -> SVC / SVR / LinearSVC / LinearSVR / XGBoost
+    features  FeatureUnion(image:  per block, ImageLoader(size, colour) -> extractor,
+                           mirror: the same on the mirrored face (Mirrored))
+    reduce    PerView(ColumnTransformer(per block: StandardScaler -> PCA -> GlobalScaler))
+    model     MirrorAveraged(SVC / SVR / LinearSVC / LinearSVR / XGBoost), the mean over
+              the face and its mirror image; classifiers without predict_proba are
+              calibrated on the validation faces
 
-Classifiers predict class indices into the task's names in :mod:`pipelines.labels`
-(recorded as ``label_names`` in each model's metadata); the age model predicts years.
-Settings are chosen on the validation split only; the test split is scored once.
+Judging each face from both views (test-time mirroring) gained about half a point of
+gender accuracy on the validation split, for twice the feature extraction at
+prediction time. Classifiers predict class indices into the task's names in
+:mod:`pipelines.labels` (recorded as ``label_names`` in each model's metadata); the age
+model predicts years. Settings are chosen on the validation split only; the test split
+is scored once.
 """
 from __future__ import annotations
 
@@ -28,14 +34,14 @@ from typing import Any, Sequence
 import joblib
 import numpy as np
 from joblib import Parallel, delayed
-from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.calibration import CalibratedClassifierCV
 from sklearn.frozen import FrozenEstimator
 from sklearn.pipeline import FeatureUnion, Pipeline
 
 from features import ImageLoader, extract_features, make_extractor
 from features.io import COLOR_MODES
-from models.factory import MODELS, make_estimator, make_reducer
+from models.factory import (MODELS, Mirrored, MirrorAveraged, PerView, make_estimator,
+                            make_reducer)
 from pipelines.dataset import DatasetIndex, index_folder
 from pipelines.labels import TASKS
 from pipelines.metrics import class_names, evaluate_task, headline
@@ -125,10 +131,16 @@ class FeatureSpec:
         """Block name, e.g. ``hog+lbp@128x128gray``: one block per name in a pipeline."""
         return f"{self.extractor}@{self.size[0]}x{self.size[1]}{self.color}"
 
-    def branch(self) -> Pipeline:
+    def extractor_for(self, mirror: bool = False):
+        """The block's stateless extractor of image batches; of the mirrored images if
+        ``mirror``."""
+        extractor = make_extractor(self.extractor)
+        return Mirrored(extractor) if mirror else extractor
+
+    def branch(self, mirror: bool = False) -> Pipeline:
         """Stateless ``ImageLoader -> extractor`` pipeline of this block."""
         return Pipeline([("load", ImageLoader(tuple(self.size), self.color)),
-                         ("extract", make_extractor(self.extractor))])
+                         ("extract", self.extractor_for(mirror))])
 
     def describe(self) -> dict[str, Any]:
         """JSON-ready settings, with the extractor's parameters."""
@@ -148,27 +160,6 @@ DEFAULT_FEATURES: tuple[FeatureSpec, ...] = (
 )
 
 
-class Flipped(TransformerMixin, BaseEstimator):
-    """Apply an extractor to horizontally mirrored images (training augmentation).
-
-    Parameters
-    ----------
-    extractor : transformer
-        A stateless extractor of (N, H, W, C) uint8 batches.
-    """
-
-    def __init__(self, extractor=None):
-        self.extractor = extractor
-
-    def fit(self, X, y=None):
-        """Stateless: nothing is learnt."""
-        return self
-
-    def transform(self, X) -> np.ndarray:
-        """Features of ``X`` mirrored left to right."""
-        return self.extractor.transform(np.ascontiguousarray(np.asarray(X)[:, :, ::-1]))
-
-
 @dataclass
 class TrainConfig:
     """What to train.
@@ -186,7 +177,7 @@ class TrainConfig:
     search : bool
         Try :data:`SEARCH_GRIDS` on the validation split and keep the best.
     flip : bool
-        Add horizontally mirrored copies of the training faces.
+        Also train on the mirror image of every training face (twice the rows).
     n_jobs : int
         Processes for feature extraction and threads for fitting.
     seed : int
@@ -239,21 +230,20 @@ class Features:
     blocks: list[tuple[str, int, int | None]]
 
 
-def extract_blocks(index: DatasetIndex, specs: Sequence[FeatureSpec], *, flip: bool = False,
+def extract_blocks(index: DatasetIndex, specs: Sequence[FeatureSpec], *, mirror: bool = False,
                    n_jobs: int = 1, cache_dir: str | os.PathLike | None = None,
                    progress: bool = True) -> Features:
     """Extract every feature block of the faces of ``index`` (cached, in parallel).
 
-    Unreadable files are skipped by :func:`features.extract_features` (and logged), and
-    so are faces a block could not describe (NaN rows, such as dlib descriptors of a
-    face the detector does not confirm); a face is kept when every block has its row.
+    With ``mirror``, of the mirror images of the faces. Unreadable files are skipped by
+    :func:`features.extract_features` (and logged), and so are faces a block could not
+    describe (NaN rows, such as dlib descriptors of a face the detector does not
+    confirm); a face is kept when every block has its row.
     """
-    reports = []
-    for spec in specs:
-        extractor = make_extractor(spec.extractor)
-        reports.append(extract_features(index.paths, Flipped(extractor) if flip else extractor,
-                                        size=tuple(spec.size), color=spec.color, n_jobs=n_jobs,
-                                        cache_dir=cache_dir, progress=progress))
+    reports = [extract_features(index.paths, spec.extractor_for(mirror), size=tuple(spec.size),
+                                color=spec.color, n_jobs=n_jobs, cache_dir=cache_dir,
+                                progress=progress)
+               for spec in specs]
     kept = reports[0].kept
     for report in reports[1:]:
         kept = np.intersect1d(kept, report.kept)
@@ -340,11 +330,11 @@ def _union(parts: dict[str, DatasetIndex]) -> DatasetIndex:
 
 
 def _features_per_part(parts: dict[str, DatasetIndex], specs: Sequence[FeatureSpec],
-                       extract: dict[str, Any]) -> dict[str, Features]:
-    """Extract each block once over all faces of the split (one cached call, whichever
+                       extract: dict[str, Any], mirror: bool = False) -> dict[str, Features]:
+    """Extract each block once over all faces of the parts (one cached call, whichever
     parts and models use it), then cut the rows of each part."""
     everyone = _union(parts)
-    found = extract_blocks(everyone, specs, **extract)
+    found = extract_blocks(everyone, specs, mirror=mirror, **extract)
     row_of_face = dict(zip(np.asarray(everyone.file_names)[found.kept], range(len(found.kept))))
     features = {}
     for part, faces in parts.items():
@@ -356,26 +346,45 @@ def _features_per_part(parts: dict[str, DatasetIndex], specs: Sequence[FeatureSp
     return features
 
 
+@dataclass
+class _Views:
+    """Reduced features of the faces of one part, and of their mirror images."""
+
+    image: np.ndarray
+    mirror: np.ndarray | None
+    rows: np.ndarray            # positions of the faces in the part
+
+    @property
+    def both(self) -> np.ndarray:
+        """Rows ``[face | mirror image]``, the input of :class:`MirrorAveraged`."""
+        return np.hstack([self.image, self.mirror])
+
+
 def _reduced(parts: dict[str, DatasetIndex], config: TrainConfig,
-             extract: dict[str, Any]) -> tuple[Any, dict[str, tuple[np.ndarray, np.ndarray]]]:
-    """Fit the reducer on the training features; return it and, per part, the reduced
-    rows and their positions in the part (training rows then, if asked, their mirror
-    images, so a position can repeat)."""
+             extract: dict[str, Any]) -> tuple[Any, dict[str, _Views]]:
+    """Fit the reducer on the training features; return it and the reduced views of
+    every part (of the mirrored training faces only with ``config.flip``). A face is
+    kept when both of its views could be described."""
     features = _features_per_part(parts, config.features, extract)
+    mirrored = _features_per_part({part: faces for part, faces in parts.items()
+                                   if part != "train" or config.flip},
+                                  config.features, extract, mirror=True)
     train = features["train"]
     start = time.perf_counter()
     reducer = make_reducer(train.blocks, len(train.X), random_state=config.seed).fit(train.X)
     logger.info("fitted the reducer (%s) on %d faces in %.1f s",
                 ", ".join(f"{name}: {n} -> {k or n}" for name, n, k in train.blocks),
                 len(train.X), time.perf_counter() - start)
-    reduced = {part: (reducer.transform(found.X), found.kept)
-               for part, found in features.items()}
-    if config.flip:
-        flipped = extract_blocks(parts["train"], config.features, flip=True, **extract)
-        Z, rows = reduced["train"]
-        reduced["train"] = (np.vstack([Z, reducer.transform(flipped.X)]),
-                            np.concatenate([rows, flipped.kept]))
-    return reducer, reduced
+    views = {}
+    for part, found in features.items():
+        if part not in mirrored:
+            views[part] = _Views(reducer.transform(found.X), None, found.kept)
+            continue
+        rows = np.intersect1d(found.kept, mirrored[part].kept)
+        image = found.X[np.searchsorted(found.kept, rows)]
+        mirror = mirrored[part].X[np.searchsorted(mirrored[part].kept, rows)]
+        views[part] = _Views(reducer.transform(image), reducer.transform(mirror), rows)
+    return reducer, views
 
 
 def train_tasks(parts: dict[str, DatasetIndex], config: TrainConfig, *,
@@ -400,27 +409,33 @@ def train_tasks(parts: dict[str, DatasetIndex], config: TrainConfig, *,
         In the order of ``config.tasks``; each pipeline predicts from images.
     """
     extract = {"n_jobs": config.n_jobs, "cache_dir": cache_dir, "progress": progress}
-    reducer, reduced = _reduced(parts, config, extract)
-    (Z_train, train_rows), (Z_val, val_rows), (Z_test, test_rows) = (
-        reduced["train"], reduced["val"], reduced["test"])
-    test_faces = parts["test"].subset(test_rows)
+    reducer, views = _reduced(parts, config, extract)
+    train, val, test = views["train"], views["val"], views["test"]
+    Z_train, train_rows = train.image, train.rows
+    if config.flip:
+        Z_train, train_rows = np.vstack([train.image, train.mirror]), np.tile(train.rows, 2)
+    test_faces = parts["test"].subset(test.rows)
     candidates = _candidates(config)
     # libsvm and liblinear run one thread each, so fits run side by side; XGBoost
     # uses its own threads
     threads = 1 if config.model == "xgboost" else config.n_jobs
-    logger.info("fitting %d model(s) on %d faces with %d thread(s)", len(candidates),
+    logger.info("fitting %d model(s) on %d rows with %d thread(s)", len(candidates),
                 len(Z_train), threads)
     Parallel(n_jobs=threads, prefer="threads")(
         delayed(candidate.fit)(Z_train, parts["train"].labels(candidate.task)[train_rows])
         for candidate in candidates)
 
-    features = FeatureUnion([(spec.name, spec.branch()) for spec in config.features])
+    features = FeatureUnion([
+        (view, FeatureUnion([(spec.name, spec.branch(mirror=view == "mirror"))
+                             for spec in config.features]))
+        for view in ("image", "mirror")])
     results = []
     for task in config.tasks:
-        y_val = parts["val"].labels(task)[val_rows]
+        y_val = parts["val"].labels(task)[val.rows]
         best, best_score, tried = None, None, []
         for candidate in (c for c in candidates if c.task == task):
-            score = _validation_score(task, y_val, candidate.estimator.predict(Z_val))
+            score = _validation_score(task, y_val,
+                                      MirrorAveraged(candidate.estimator).predict(val.both))
             tried.append({"params": candidate.params, "validation": score,
                           "fit_seconds": round(candidate.seconds, 1)})
             logger.info("%s %s: validation %s (fit %.1f s)", task, candidate.params, score,
@@ -429,13 +444,13 @@ def train_tasks(parts: dict[str, DatasetIndex], config: TrainConfig, *,
                 best, best_score = candidate, score
         estimator = best.estimator
         if task_kind(task) == "classifier":
-            estimator = with_probabilities(estimator, Z_val, y_val)
-        predictions = estimator.predict(Z_test)
+            estimator = with_probabilities(estimator, val.image, y_val)
+        predictions = MirrorAveraged(estimator).predict(test.both)
         truth = test_faces.labels(task)
         metrics = evaluate_task(task, truth, predictions, gender=test_faces.gender,
                                 ethnicity=test_faces.ethnicity, age=test_faces.age)
-        pipeline = Pipeline([("features", features), ("reduce", reducer),
-                             ("model", estimator)])
+        pipeline = Pipeline([("features", features), ("reduce", PerView(reducer)),
+                             ("model", MirrorAveraged(estimator))])
         _check_assembled(pipeline, test_faces.paths[:_CHECKED_ROWS],
                          predictions[:_CHECKED_ROWS])
         results.append(TaskResult(task, pipeline, best.params, best_score, metrics, truth,
@@ -514,9 +529,10 @@ def save_results(out_dir: str | os.PathLike, results: Sequence[TaskResult],
             "predicts": ("class index into label_names" if names else "age in years"),
             "model": config.model,
             "params": result.params,
-            "estimator": repr(result.pipeline.named_steps["model"]),
+            "estimator": repr(result.pipeline[-1].model),
             "features": [spec.describe() for spec in config.features],
             "flip_augmentation": config.flip,
+            "test_time_mirroring": True,
             "split": split_info,
             "n_train": result.n_train,
             "validation": result.validation,

@@ -1,9 +1,10 @@
 """Command line: train classical pipelines on UTKFace, score them on the test split.
 
 Run ``python -m pipelines.run --help``. With no arguments it trains the default
-pipeline (HOG+LBP of grayscale faces and colour thumbnails -> PCA -> RBF SVM) for all
-four tasks, prints a summary table and writes models, metrics and plots into
-``runs/classical``. The work is done by :func:`pipelines.classical.run_classical`.
+pipeline (HOG at two scales and LBP of grayscale faces, colour thumbnails -> PCA per
+block -> RBF SVM, each face judged with its mirror image) for all four tasks, prints a
+summary table and writes models, metrics and plots into ``runs/classical``. The work is
+done by :func:`pipelines.classical.run_classical`.
 """
 from __future__ import annotations
 

@@ -9,11 +9,12 @@ import joblib
 import numpy as np
 import pytest
 
-from models.factory import MODELS, GlobalScaler, make_estimator, make_reducer
+from models.factory import (MODELS, GlobalScaler, Mirrored, MirrorAveraged, PerView,
+                            make_estimator, make_reducer)
 from models.safety import ChecksumError, file_sha256, load_model, metadata_path
 from models.svm import make_svm
 from models.xgboost_models import EncodedClassifier, make_xgboost
-from pipelines.classical import FeatureSpec, Flipped, TrainConfig, task_kind, with_probabilities
+from pipelines.classical import FeatureSpec, TrainConfig, task_kind, with_probabilities
 from pipelines.reports import save_artifact
 
 
@@ -109,11 +110,49 @@ def test_feature_spec_branch_is_stateless() -> None:
     assert features.shape == (2, 64)
 
 
-def test_flipped_extractor() -> None:
+def test_mirrored_extractor() -> None:
     images = np.random.default_rng(2).integers(0, 256, (3, 8, 8, 1), dtype=np.uint8)
-    extractor = FeatureSpec("pixels", (8, 8)).branch().named_steps["extract"]
-    flipped = Flipped(extractor).transform(images).reshape(3, 8, 8)
+    extractor = FeatureSpec("pixels", (8, 8)).extractor_for()
+    flipped = Mirrored(extractor).transform(images).reshape(3, 8, 8)
     np.testing.assert_allclose(flipped, images[:, :, ::-1, 0] / 255, rtol=1e-6)
+    assert isinstance(FeatureSpec("hog").branch(mirror=True)[-1], Mirrored)
+
+
+def test_mirror_averaged_regressor(data) -> None:
+    X, _, age = data
+    regressor = make_svm("regressor").fit(X, age)
+    shifted = X + 0.1
+    averaged = MirrorAveraged(regressor).predict(np.hstack([X, shifted]))
+    np.testing.assert_allclose(averaged, (regressor.predict(X) + regressor.predict(shifted)) / 2)
+    assert not hasattr(MirrorAveraged(regressor), "predict_proba")
+    with pytest.raises(ValueError, match="two equal halves"):
+        MirrorAveraged(regressor).predict(X[:, :11])
+
+
+def test_mirror_averaged_classifier(data) -> None:
+    X, classes, _ = data
+    svm = make_svm("classifier").fit(X, classes)
+    same = np.hstack([X, X])
+    # both views equal: the average is the model's own judgement
+    np.testing.assert_array_equal(MirrorAveraged(svm).predict(same), svm.predict(X))
+    calibrated = with_probabilities(svm, X, classes)
+    wrapper = MirrorAveraged(calibrated)
+    np.testing.assert_array_equal(wrapper.classes_, [0, 1, 2])
+    proba = wrapper.predict_proba(np.hstack([X, X[::-1]]))
+    np.testing.assert_allclose(proba, (calibrated.predict_proba(X)
+                                       + calibrated.predict_proba(X[::-1])) / 2)
+    np.testing.assert_array_equal(wrapper.predict(np.hstack([X, X[::-1]])), proba.argmax(axis=1))
+    # the wrapped model is used as fitted
+    assert wrapper.fit(same, classes * 0).model is calibrated
+    np.testing.assert_array_equal(wrapper.predict(same), calibrated.predict(X))
+
+
+def test_per_view_reducer(data) -> None:
+    X, _, _ = data
+    reducer = make_reducer([("a", 12, 3)], n_samples=len(X)).fit(X)
+    both = PerView(reducer).fit().transform(np.hstack([X, X[::-1]]))
+    np.testing.assert_allclose(both, np.hstack([reducer.transform(X),
+                                                reducer.transform(X[::-1])]))
 
 
 def test_train_config_validation() -> None:

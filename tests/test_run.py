@@ -93,6 +93,7 @@ def test_predictions_reproduce_the_test_metrics(run: Path, workdir: Path,
 
 def test_predict_from_paths_and_arrays(run: Path, test_paths: list[str]) -> None:
     model = load_model(run / "gender_model.joblib")
+    assert [name for name, _ in model.steps] == ["features", "reduce", "model"]
     from_paths = model.predict(test_paths)
     assert set(from_paths) <= {0, 1}
     arrays = [np.asarray(Image.open(path).convert("RGB")) for path in test_paths]
