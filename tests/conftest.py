@@ -1,6 +1,9 @@
 """Shared fixtures: a small, fixed sample of real UTKFace faces."""
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -37,3 +40,11 @@ def counted_extraction(monkeypatch) -> list:
 
     monkeypatch.setattr(extract, "map_image_chunks", counting)
     return calls
+
+
+def link_faces(folder: Path, paths) -> Path:
+    """Make ``folder`` a UTKFace-style folder of symbolic links to ``paths`` (no copies)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for path in paths:
+        (folder / os.path.basename(path)).symlink_to(path)
+    return folder

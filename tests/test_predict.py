@@ -25,6 +25,7 @@ from pipelines.labels import AGE_GROUP_NAMES, ETHNICITY_NAMES, GENDER_NAMES, age
 from pipelines.predict import (FACE_COLUMNS, find_photos, load_predictor, main, open_writer,
                                predict_photos)
 from pipelines.reports import save_artifact
+from tests.conftest import link_faces
 
 DATA = default_data_dir()
 REPO = Path(__file__).resolve().parent.parent
@@ -36,11 +37,8 @@ pytestmark = pytest.mark.skipif(not DATA.is_dir(), reason=f"no UTKFace folder at
 def run(tmp_path_factory) -> Path:
     """Every task, trained by ``run_classical`` on 80 faces: 16x16 pixels -> PCA -> XGBoost."""
     root = tmp_path_factory.mktemp("predict")
-    faces = root / "faces"
-    faces.mkdir()
     paths = index_folder(DATA).paths
-    for path in paths[:: len(paths) // N_TRAIN][:N_TRAIN]:
-        (faces / Path(path).name).symlink_to(path)
+    faces = link_faces(root / "faces", paths[:: len(paths) // N_TRAIN][:N_TRAIN])
     config = TrainConfig(features=(FeatureSpec("pixels", (16, 16), "gray", 10),),
                          model="xgboost", params={"n_estimators": 10, "max_depth": 2})
     run_classical(faces, config, split_path=root / "split.json", out_dir=root / "run",

@@ -20,6 +20,7 @@ from pipelines.dataset import default_data_dir
 from pipelines.labels import AGE_GROUP_NAMES, GENDER_NAMES, TASKS
 from pipelines.run import main
 from pipelines.splits import Split
+from tests.conftest import link_faces
 
 DATA = default_data_dir()
 SAMPLE = 150
@@ -30,11 +31,8 @@ pytestmark = pytest.mark.skipif(not DATA.is_dir(), reason=f"no UTKFace folder at
 def workdir(tmp_path_factory) -> Path:
     """A folder of links to 150 random faces (no image is copied), and room for results."""
     root = tmp_path_factory.mktemp("run")
-    faces = root / "faces"
-    faces.mkdir()
     names = sorted(os.listdir(DATA))
-    for name in random.Random(0).sample(names, SAMPLE):
-        (faces / name).symlink_to(DATA / name)
+    link_faces(root / "faces", [DATA / name for name in random.Random(0).sample(names, SAMPLE)])
     return root
 
 

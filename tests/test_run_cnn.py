@@ -2,20 +2,15 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
-
 import pytest
 
 from pipelines.run import main
+from tests.conftest import link_faces
 
 
 @pytest.mark.slow
 def test_cnn_through_the_main_command(tmp_path, face_paths, capsys) -> None:
-    folder = tmp_path / "faces"
-    folder.mkdir()
-    for path in face_paths:
-        shutil.copy(path, folder / os.path.basename(path))
+    folder = link_faces(tmp_path / "faces", face_paths)
     out = tmp_path / "cnn"
     argv = ["--model", "cnn", "--data", str(folder), "--split", str(tmp_path / "split.json"),
             "--out", str(out), "--epochs", "1", "--batch-size", "8", "--n-jobs", "1",
