@@ -43,9 +43,21 @@ Architectures (:data:`ARCHITECTURES`):
 Both are trained with the same protocol (:func:`fit_network`): on-the-fly augmentation,
 AdamW with decoupled weight decay, a cosine learning-rate schedule with warm-up, early
 stopping on the validation loss and the best epoch's weights restored.
+
+Devices
+-------
+:func:`distribution_strategy` picks the ``tf.distribute`` strategy a network is built,
+compiled and trained under (:func:`strategy_kind`): ``MultiWorkerMirroredStrategy``
+when the environment variable ``TF_CONFIG`` describes a cluster of workers (each worker
+runs the same command with its own ``TF_CONFIG``), ``MirroredStrategy`` when TensorFlow
+sees several GPUs, and otherwise TensorFlow's default strategy on one device (the CPU
+or the one GPU). The batch size is the global batch, split over the replicas. The
+one-device path is the tested one; the other two have not been run on this project's
+machines.
 """
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
@@ -283,6 +295,65 @@ def set_trunk_trainable(network: keras.Model, trainable: bool) -> None:
             layer.trainable = trainable
 
 
+# --- devices ----------------------------------------------------------------------------
+
+def strategy_kind(tf_config: str | None, n_gpus: int) -> str:
+    """Which ``tf.distribute`` strategy to train with.
+
+    Parameters
+    ----------
+    tf_config : str or None
+        Value of the environment variable ``TF_CONFIG``.
+    n_gpus : int
+        GPUs TensorFlow sees.
+
+    Returns
+    -------
+    {"one-device", "mirrored", "multi-worker"}
+        ``multi-worker`` when ``tf_config`` names a cluster, ``mirrored`` for several
+        GPUs, else ``one-device``.
+
+    Raises
+    ------
+    ValueError
+        If ``tf_config`` is set but is not a JSON object.
+    """
+    if tf_config:
+        try:
+            config = json.loads(tf_config)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"TF_CONFIG is not valid JSON: {error}") from None
+        if not isinstance(config, dict):
+            raise ValueError(f"TF_CONFIG must be a JSON object, got {tf_config!r}")
+        if config.get("cluster"):
+            return "multi-worker"
+    return "mirrored" if n_gpus > 1 else "one-device"
+
+
+def distribution_strategy() -> tf.distribute.Strategy:
+    """The ``tf.distribute`` strategy of :func:`strategy_kind` for this process.
+
+    Build (or load) and compile a network inside ``strategy.scope()``; ``fit`` then
+    spreads each batch over the strategy's replicas. Create it before any other
+    TensorFlow work when ``TF_CONFIG`` is set.
+
+    Returns
+    -------
+    tf.distribute.Strategy
+        ``MultiWorkerMirroredStrategy``, ``MirroredStrategy``, or the default strategy
+        (``tf.distribute.get_strategy()``, one device).
+    """
+    import tensorflow as tf
+
+    kind = strategy_kind(os.environ.get("TF_CONFIG"),
+                         len(tf.config.list_physical_devices("GPU")))
+    if kind == "multi-worker":
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    if kind == "mirrored":
+        return tf.distribute.MirroredStrategy()
+    return tf.distribute.get_strategy()
+
+
 # --- training ---------------------------------------------------------------------------
 
 
@@ -474,8 +545,10 @@ def fit_network(network: keras.Model, train: tuple[np.ndarray, Mapping[str, np.n
         if phase_epochs == 0:
             continue
         set_trunk_trainable(network, not frozen)
-        compile_network(network, learning_rate=learning_rate, weight_decay=weight_decay,
-                        total_steps=phase_epochs * steps_per_epoch, warmup_steps=steps_per_epoch)
+        with network.distribute_strategy.scope():   # the strategy the network was built in
+            compile_network(network, learning_rate=learning_rate, weight_decay=weight_decay,
+                            total_steps=phase_epochs * steps_per_epoch,
+                            warmup_steps=steps_per_epoch)
         stopper = keras.callbacks.EarlyStopping(monitor="val_loss", patience=patience)
         result = network.fit(train_data, validation_data=val_data, initial_epoch=done,
                              epochs=done + phase_epochs, callbacks=[checkpoint, stopper],

@@ -17,7 +17,8 @@ gender accuracy on the validation split, for twice the feature extraction at
 prediction time. Classifiers predict class indices into the task's names in
 :mod:`pipelines.labels` (recorded as ``label_names`` in each model's metadata); the age
 model predicts years. Settings are chosen on the validation split only; the test split
-is scored once.
+is scored once. With a Dask scheduler (:mod:`pipelines.cluster`) the features are
+extracted and XGBoost is trained on the cluster's workers.
 """
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from importlib import metadata as package_metadata
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import joblib
 import numpy as np
@@ -42,12 +43,18 @@ from features import ImageLoader, extract_features, make_extractor
 from features.io import COLOR_MODES
 from models.factory import (MODELS, Mirrored, MirrorAveraged, PerView, make_estimator,
                             make_reducer)
+from models.xgboost_models import fit_on_cluster
+from pipelines.cluster import (SINGLE_MACHINE_MODELS, check_single_machine_model,
+                               check_workers_read, connect, on_this_machine)
 from pipelines.dataset import DatasetIndex, index_folder
 from pipelines.labels import TASKS
 from pipelines.metrics import class_names, evaluate_task, headline
 from pipelines.reports import (atomic_write_json, prepare_output_dir, save_artifact,
                                write_task_report)
 from pipelines.splits import load_or_create_split
+
+if TYPE_CHECKING:
+    from distributed import Client
 
 logger = logging.getLogger(__name__)
 
@@ -244,6 +251,10 @@ def extract_blocks(index: DatasetIndex, specs: Sequence[FeatureSpec], *, mirror:
                                 color=spec.color, n_jobs=n_jobs, cache_dir=cache_dir,
                                 progress=progress)
                for spec in specs]
+    if not reports[0].kept.size and reports[0].failures:
+        path, reason = reports[0].failures[0]
+        raise ValueError(f"none of the {len(index)} images could be read, e.g. {path}: "
+                         f"{reason}")
     kept = reports[0].kept
     for report in reports[1:]:
         kept = np.intersect1d(kept, report.kept)
@@ -274,6 +285,7 @@ class TaskResult:
     fit_seconds: float
     n_train: int
     candidates: list[dict[str, Any]]
+    test_files: tuple[str, ...]         # names of the test faces scored
 
 
 def _validation_score(task: str, y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
@@ -299,9 +311,12 @@ class _Candidate:
     estimator: Any
     seconds: float = 0.0
 
-    def fit(self, Z: np.ndarray, y: np.ndarray) -> _Candidate:
+    def fit(self, Z: np.ndarray, y: np.ndarray, client: Client | None = None) -> _Candidate:
         start = time.perf_counter()
-        self.estimator.fit(Z, y)
+        if client is None:
+            self.estimator.fit(Z, y)
+        else:
+            fit_on_cluster(self.estimator, Z, y, client)
         self.seconds = time.perf_counter() - start
         return self
 
@@ -346,6 +361,29 @@ def _features_per_part(parts: dict[str, DatasetIndex], specs: Sequence[FeatureSp
     return features
 
 
+def extract_views(parts: dict[str, DatasetIndex], specs: Sequence[FeatureSpec], *,
+                  flip: bool = False, n_jobs: int = 1,
+                  cache_dir: str | os.PathLike | None = None,
+                  progress: bool = True) -> tuple[dict[str, Features], dict[str, Features]]:
+    """Every feature block :func:`train_tasks` needs, extracted (or read from the cache).
+
+    Each block is extracted once over the faces of all parts, and once over the mirror
+    images of the faces that are judged from both views (validation and test, and
+    training faces too with ``flip``); calling this first fills the feature cache for
+    every model trained on the same blocks.
+
+    Returns
+    -------
+    (dict, dict)
+        :class:`Features` per part of the faces, and of the mirrored faces.
+    """
+    extract = {"n_jobs": n_jobs, "cache_dir": cache_dir, "progress": progress}
+    features = _features_per_part(parts, specs, extract)
+    mirrored = _features_per_part({part: faces for part, faces in parts.items()
+                                   if part != "train" or flip}, specs, extract, mirror=True)
+    return features, mirrored
+
+
 @dataclass
 class _Views:
     """Reduced features of the faces of one part, and of their mirror images."""
@@ -365,31 +403,29 @@ def _reduced(parts: dict[str, DatasetIndex], config: TrainConfig,
     """Fit the reducer on the training features; return it and the reduced views of
     every part (of the mirrored training faces only with ``config.flip``). A face is
     kept when both of its views could be described."""
-    features = _features_per_part(parts, config.features, extract)
-    mirrored = _features_per_part({part: faces for part, faces in parts.items()
-                                   if part != "train" or config.flip},
-                                  config.features, extract, mirror=True)
+    features, mirrored = extract_views(parts, config.features, flip=config.flip, **extract)
     train = features["train"]
     start = time.perf_counter()
-    reducer = make_reducer(train.blocks, len(train.X), random_state=config.seed).fit(train.X)
-    logger.info("fitted the reducer (%s) on %d faces in %.1f s",
-                ", ".join(f"{name}: {n} -> {k or n}" for name, n, k in train.blocks),
-                len(train.X), time.perf_counter() - start)
-    views = {}
-    for part, found in features.items():
-        if part not in mirrored:
-            views[part] = _Views(reducer.transform(found.X), None, found.kept)
-            continue
-        rows = np.intersect1d(found.kept, mirrored[part].kept)
-        image = found.X[np.searchsorted(found.kept, rows)]
-        mirror = mirrored[part].X[np.searchsorted(mirrored[part].kept, rows)]
-        views[part] = _Views(reducer.transform(image), reducer.transform(mirror), rows)
+    with on_this_machine():     # PCA here, not shipped to the workers inside connect()
+        reducer = make_reducer(train.blocks, len(train.X), random_state=config.seed).fit(train.X)
+        logger.info("fitted the reducer (%s) on %d faces in %.1f s",
+                    ", ".join(f"{name}: {n} -> {k or n}" for name, n, k in train.blocks),
+                    len(train.X), time.perf_counter() - start)
+        views = {}
+        for part, found in features.items():
+            if part not in mirrored:
+                views[part] = _Views(reducer.transform(found.X), None, found.kept)
+                continue
+            rows = np.intersect1d(found.kept, mirrored[part].kept)
+            image = found.X[np.searchsorted(found.kept, rows)]
+            mirror = mirrored[part].X[np.searchsorted(mirrored[part].kept, rows)]
+            views[part] = _Views(reducer.transform(image), reducer.transform(mirror), rows)
     return reducer, views
 
 
 def train_tasks(parts: dict[str, DatasetIndex], config: TrainConfig, *,
-                cache_dir: str | os.PathLike | None = None,
-                progress: bool = True) -> list[TaskResult]:
+                cache_dir: str | os.PathLike | None = None, progress: bool = True,
+                client: Client | None = None) -> list[TaskResult]:
     """Fit, choose on validation and score on test one model per task.
 
     Parameters
@@ -402,14 +438,37 @@ def train_tasks(parts: dict[str, DatasetIndex], config: TrainConfig, *,
         Feature cache folder.
     progress : bool
         Progress bars.
+    client : dask.distributed.Client, optional
+        The client of :func:`pipelines.cluster.connect`, when called inside it: the
+        workers must read the image folder, XGBoost trains on them
+        (:func:`models.xgboost_models.fit_on_cluster`) and an SVM is refused above
+        :data:`pipelines.cluster.SVM_CLUSTER_LIMIT` training rows, both checked before
+        any feature is extracted. The extraction runs on the cluster because it is
+        inside ``connect``; the PCA, the SVM fits and the scoring stay in this process.
 
     Returns
     -------
     list of TaskResult
         In the order of ``config.tasks``; each pipeline predicts from images.
+
+    Raises
+    ------
+    pipelines.cluster.ClusterError
+        With ``client``: a worker cannot read the image folder, or an SVM is refused.
     """
+    if client is not None:
+        check_single_machine_model(config.model,
+                                   len(parts["train"]) * (2 if config.flip else 1))
+        check_workers_read(client, [parts["train"].folder])
     extract = {"n_jobs": config.n_jobs, "cache_dir": cache_dir, "progress": progress}
     reducer, views = _reduced(parts, config, extract)
+    with on_this_machine():
+        return _fit_and_score(parts, config, reducer, views, client)
+
+
+def _fit_and_score(parts: dict[str, DatasetIndex], config: TrainConfig, reducer: Any,
+                   views: dict[str, _Views], client: Client | None) -> list[TaskResult]:
+    """The model part of :func:`train_tasks`, on the reduced views of every part."""
     train, val, test = views["train"], views["val"], views["test"]
     Z_train, train_rows = train.image, train.rows
     if config.flip:
@@ -417,12 +476,14 @@ def train_tasks(parts: dict[str, DatasetIndex], config: TrainConfig, *,
     test_faces = parts["test"].subset(test.rows)
     candidates = _candidates(config)
     # libsvm and liblinear run one thread each, so fits run side by side; XGBoost
-    # uses its own threads
+    # uses its own threads, or the cluster's workers one fit after the other
     threads = 1 if config.model == "xgboost" else config.n_jobs
-    logger.info("fitting %d model(s) on %d rows with %d thread(s)", len(candidates),
-                len(Z_train), threads)
+    fit_client = None if config.model in SINGLE_MACHINE_MODELS else client
+    logger.info("fitting %d model(s) on %d rows with %d thread(s)%s", len(candidates),
+                len(Z_train), threads, "" if fit_client is None else " on the Dask cluster")
     Parallel(n_jobs=threads, prefer="threads")(
-        delayed(candidate.fit)(Z_train, parts["train"].labels(candidate.task)[train_rows])
+        delayed(candidate.fit)(Z_train, parts["train"].labels(candidate.task)[train_rows],
+                               fit_client)
         for candidate in candidates)
 
     features = FeatureUnion([
@@ -454,7 +515,8 @@ def train_tasks(parts: dict[str, DatasetIndex], config: TrainConfig, *,
         _check_assembled(pipeline, test_faces.paths[:_CHECKED_ROWS],
                          predictions[:_CHECKED_ROWS])
         results.append(TaskResult(task, pipeline, best.params, best_score, metrics, truth,
-                                  predictions, best.seconds, len(Z_train), tried))
+                                  predictions, best.seconds, len(Z_train), tried,
+                                  test_faces.file_names))
     return results
 
 
@@ -565,7 +627,7 @@ def summary_row(result: TaskResult, model: str) -> dict[str, Any]:
 def run_classical(data_dir: str | os.PathLike, config: TrainConfig, *,
                   split_path: str | os.PathLike, out_dir: str | os.PathLike,
                   cache_dir: str | os.PathLike | None = None, overwrite: bool = False,
-                  progress: bool = True) -> dict[str, Any]:
+                  progress: bool = True, scheduler: str | None = None) -> dict[str, Any]:
     """The whole job: index and split the data, train, score on test, write results.
 
     Parameters
@@ -584,18 +646,24 @@ def run_classical(data_dir: str | os.PathLike, config: TrainConfig, *,
         Allow an output folder that already holds files.
     progress : bool
         Progress bars.
+    scheduler : str, optional
+        Address of a Dask scheduler: extract the features and train XGBoost on its
+        cluster (:mod:`pipelines.cluster`; the image folder must be readable at the
+        same path from every worker). None runs on this machine without importing Dask.
 
     Returns
     -------
     dict
         The content of ``summary.json``: ``rows`` (one per task), ``config``,
-        ``split``, ``data``, ``seconds`` and ``versions``.
+        ``split``, ``data``, ``scheduler``, ``seconds`` and ``versions``.
 
     Raises
     ------
     pipelines.reports.OutputExistsError
         If ``out_dir`` holds files and ``overwrite`` is false (checked before the
         features are extracted).
+    pipelines.cluster.ClusterError
+        With ``scheduler``: see :func:`train_tasks`.
     """
     start = time.perf_counter()
     index = index_folder(data_dir)
@@ -605,10 +673,12 @@ def run_classical(data_dir: str | os.PathLike, config: TrainConfig, *,
     split_info = {"manifest": str(Path(split_path).resolve()), "sha256": split.sha256,
                   **{part: len(faces) for part, faces in parts.items()}}
     logger.info("%d faces in %s; split %s", len(index), index.folder, split_info)
-    results = train_tasks(parts, config, cache_dir=cache_dir, progress=progress)
+    with connect(scheduler) as client:
+        results = train_tasks(parts, config, cache_dir=cache_dir, progress=progress,
+                              client=client)
     rows = save_results(out_dir, results, config, split_info)
     summary = {"rows": rows, "config": config.describe(), "split": split_info,
-               "data": str(index.folder), "seconds": round(time.perf_counter() - start, 1),
-               "versions": versions()}
+               "data": str(index.folder), "scheduler": scheduler,
+               "seconds": round(time.perf_counter() - start, 1), "versions": versions()}
     atomic_write_json(out_dir / "summary.json", summary)
     return summary

@@ -24,12 +24,13 @@ from typing import Any, Sequence
 import numpy as np
 
 from features.io import DEFAULT_SIZE, load_images
-from models.cnn import (CNNPredictor, DEFAULT_LEARNING_RATE, build_model, fit_network,
-                        load_model, resolve_tasks, select_tasks)
+from models.cnn import (CNNPredictor, DEFAULT_LEARNING_RATE, build_model,
+                        distribution_strategy, fit_network, load_model, resolve_tasks,
+                        select_tasks)
 from pipelines.dataset import DatasetIndex, index_folder
 from pipelines.metrics import evaluate_task, headline
 from pipelines.reports import atomic_path, atomic_write_json, prepare_output_dir, write_task_report
-from pipelines.splits import PARTS, load_or_create_split
+from pipelines.splits import PARTS, load_or_create_split, names_sha256
 
 logger = logging.getLogger(__name__)
 
@@ -147,7 +148,9 @@ def train_cnn(data_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
 
     The network trains on the ``train`` part of the split, early-stops and picks its
     best epoch on ``val``, and is scored once on ``test``; see the module docstring for
-    the files written. Training uses the GPU when TensorFlow sees one.
+    the files written. Training uses the GPU when TensorFlow sees one, and the
+    ``tf.distribute`` strategy of :func:`models.cnn.distribution_strategy` (several
+    GPUs, or several workers with ``TF_CONFIG``); ``batch_size`` is then the global batch.
 
     Parameters
     ----------
@@ -195,10 +198,12 @@ def train_cnn(data_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
     dict
         The content of ``cnn_summary.json``: ``model_path``, ``architecture``,
         ``tasks``, ``size``, ``color``, ``counts`` (faces per part), ``load_failures``,
-        ``epochs_run``, ``best_epoch``, ``train_seconds``, ``train_images_per_second``
+        ``strategy`` (``tf.distribute`` class name and replicas), ``epochs_run``,
+        ``best_epoch``, ``train_seconds``, ``train_images_per_second``
         (training faces x epochs / training seconds, validation passes included),
-        ``history``, ``test`` (headline figures per task) and, when fine-tuning,
-        ``init_from`` and ``test_before``.
+        ``history``, ``test`` (headline figures per task), ``test_faces_sha256``
+        (:func:`pipelines.splits.names_sha256` of the test faces scored) and, when
+        fine-tuning, ``init_from`` and ``test_before``.
 
     Raises
     ------
@@ -211,7 +216,9 @@ def train_cnn(data_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
     """
     if freeze_trunk_epochs and init_from is None:
         raise ValueError("freeze_trunk_epochs needs init_from: a new trunk cannot be frozen")
-    network = _initial_network(init_from, architecture, tasks, size, color, seed)
+    strategy = distribution_strategy()
+    with strategy.scope():
+        network = _initial_network(init_from, architecture, tasks, size, color, seed)
     out = prepare_output_dir(out_dir, overwrite)
     predictor = CNNPredictor(network)
     index = index_folder(data_dir)
@@ -225,6 +232,8 @@ def train_cnn(data_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
         "size": list(predictor.size), "color": predictor.color,
         "counts": {part: len(faces[part].images) for part in PARTS},
         "load_failures": sum(len(parts[part]) - len(faces[part].images) for part in PARTS),
+        "strategy": {"name": type(strategy).__name__,
+                     "replicas": strategy.num_replicas_in_sync},
     }
     if init_from is not None:
         summary["init_from"] = os.fspath(init_from)
@@ -252,6 +261,7 @@ def train_cnn(data_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
         "train_images_per_second": round(len(faces["train"].images) * len(history["loss"])
                                           / seconds, 1),
         "history": history, "test": _headlines(scores),
+        "test_faces_sha256": names_sha256(faces["test"].index.file_names),
     })
     atomic_write_json(out / SUMMARY_FILE, summary)
     logger.info("trained %s in %.0f s; test: %s", network.name, seconds, summary["test"])

@@ -20,6 +20,7 @@ from features import EXTRACTORS
 from models.cnn import ARCHITECTURES
 from models.factory import MODELS
 from pipelines.classical import DEFAULT_FEATURES, FeatureSpec, TrainConfig, run_classical
+from pipelines.cluster import SCHEDULER_ENV, SVM_CLUSTER_LIMIT, ClusterError, scheduler_address
 from pipelines.dataset import default_data_dir
 from pipelines.labels import TASKS
 from pipelines.reports import OutputExistsError, format_summary_table
@@ -101,6 +102,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--n-jobs", type=int, default=os.cpu_count() or 1,
                         help="processes for feature extraction and threads for model fitting "
                              "(default: all %(default)s cores)")
+    parser.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                        help="Dask scheduler address (e.g. tcp://10.0.0.5:8786; default: "
+                             f"${SCHEDULER_ENV} when set): extract the features on the "
+                             "cluster's workers and train XGBoost there. The image folder must "
+                             "be readable at the same path from every worker. An RBF SVM still "
+                             "fits in this process and is refused above "
+                             f"{SVM_CLUSTER_LIMIT:,} training rows. Without it (and without "
+                             "the variable) everything runs on this machine; needs "
+                             "pip install -e \".[distributed]\"")
     parser.add_argument("--seed", type=int, default=0,
                         help="seed of a new split, of PCA and of the models (default: 0)")
     parser.add_argument("--quiet", action="store_true",
@@ -149,6 +159,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     tasks = TASKS if "all" in args.tasks else tuple(dict.fromkeys(args.tasks))
+    scheduler = scheduler_address(args.scheduler)
+    if args.model == "cnn" and args.scheduler:
+        parser.error("--scheduler applies to the classical models; the CNN spreads over "
+                     "devices with tf.distribute (several GPUs, or several workers with "
+                     "TF_CONFIG)")
     try:
         if args.model == "cnn":
             return _run_cnn(args, tasks)
@@ -159,8 +174,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         summary = run_classical(args.data or default_data_dir(), config,
                                 split_path=args.split, out_dir=args.out,
                                 cache_dir=None if args.no_cache else args.cache_dir,
-                                overwrite=args.overwrite, progress=not args.quiet)
-    except (OutputExistsError, FileNotFoundError, NotADirectoryError, ValueError) as error:
+                                overwrite=args.overwrite, progress=not args.quiet,
+                                scheduler=scheduler)
+    except (OutputExistsError, FileNotFoundError, NotADirectoryError, ValueError,
+            ClusterError, ImportError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     print()
