@@ -152,6 +152,38 @@ def headline(task: str, metrics: dict[str, Any]) -> dict[str, float]:
     return {key: overall[key] for key in keys}
 
 
+def group_gap(task: str, metrics: dict[str, Any],
+              grouping: str) -> tuple[float, str] | tuple[None, None]:
+    """Largest difference of a task's metric between the groups of one grouping.
+
+    The metric is accuracy for a classification and MAE for age, taken from the
+    ``by_group`` part of an :func:`evaluate_task` result.
+
+    Parameters
+    ----------
+    task : str
+        The task the metrics belong to.
+    metrics : dict
+        Its :func:`evaluate_task` result.
+    grouping : {"ethnicity", "gender", "age_group"}
+        Which groups to compare.
+
+    Returns
+    -------
+    (float, str) or (None, None)
+        The gap (best group's value minus worst group's, so never negative) and the
+        worst group's name (lowest accuracy or highest MAE); None, None with fewer
+        than two groups.
+    """
+    groups = metrics["by_group"][grouping]
+    if len(groups) < 2:
+        return None, None
+    key, sign = ("mae", -1.0) if class_names(task) is None else ("accuracy", 1.0)
+    worst = min(groups, key=lambda name: sign * groups[name][key])
+    best = max(groups, key=lambda name: sign * groups[name][key])
+    return abs(groups[best][key] - groups[worst][key]), worst
+
+
 def _check_pair(y_true: ArrayLike, y_pred: ArrayLike,
                 dtype: type | None = None) -> tuple[np.ndarray, np.ndarray]:
     y_true, y_pred = np.asarray(y_true, dtype=dtype), np.asarray(y_pred, dtype=dtype)

@@ -23,6 +23,7 @@ import logging
 import math
 import os
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -204,6 +205,15 @@ class Split:
                 unassigned, index.folder,
             )
         return {part: index.subset(getattr(self, part)) for part in PARTS}
+
+
+def names_sha256(names: Iterable[str]) -> str:
+    """Hex SHA-256 of a set of file names (sorted, one per line).
+
+    Identifies the faces a model was scored on: two models with the same digest saw
+    exactly the same test faces.
+    """
+    return hashlib.sha256("\n".join(sorted(names)).encode("utf-8")).hexdigest()
 
 
 def _check_manifest(manifest: Any, source: Path) -> None:

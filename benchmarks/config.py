@@ -1,0 +1,310 @@
+"""Benchmark configuration: the pipelines to compare, the tasks, the budget.
+
+A configuration is a small TOML or JSON file; ``benchmarks/default.toml`` is the
+default and documents every key::
+
+    tasks = ["gender", "age"]        # from pipelines.labels.TASKS
+    seed = 0                         # seed of a new split, of PCA and of the models
+    predict_sample = 128             # test faces timed for predict throughput
+    limit = 1000                     # optional: a stratified subset of the split
+
+    [extractors]                     # name = feature blocks, EXTRACTOR[:SIZE[:COLOUR[:PCA]]]
+    hog = ["hog:128:gray:150"]
+
+    [models.svm]                     # name = model family, parameters and (optionally)
+    model = "svm"                    # the extractors it is paired with (default: all)
+    params = {C = 10}
+
+    [cnn]                            # optional: CNN variants, one pipeline each
+    architectures = ["default", "seed_baseline"]
+    epochs = 12                      # the same budget for every architecture
+    batch_size = 64
+    size = 128
+    color = "gray"
+
+    [quick]                          # what --quick changes: limit, epochs, size,
+    limit = 300                      # batch_size, predict_sample, and model parameters
+    epochs = 2
+    [quick.models.svm]
+    params = {C = 1}                 # merged into the model's params
+
+Every model is paired with every extractor (pipeline ``<extractor>-<model>``), and
+every CNN architecture is one pipeline (``cnn-<architecture>``) trained once for all
+the tasks it has a head for.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from models.cnn import ARCHITECTURES
+from models.factory import MODELS
+from pipelines.classical import FeatureSpec
+from pipelines.labels import TASKS
+
+#: The configuration used without ``--config``.
+DEFAULT_CONFIG = Path(__file__).resolve().parent / "default.toml"
+_NAME = re.compile(r"^[A-Za-z0-9_.+-]+$")
+_QUICK_KEYS = ("limit", "epochs", "size", "batch_size", "predict_sample", "models")
+
+
+@dataclass(frozen=True)
+class ClassicalPipeline:
+    """Feature blocks, PCA per block and a classical model, one model per task."""
+
+    name: str
+    extractor: str
+    features: tuple[FeatureSpec, ...]
+    model_name: str
+    model: str
+    params: dict[str, Any]
+    tasks: tuple[str, ...]
+    kind: str = field(default="classical", init=False)
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-ready definition (part of the key that decides whether to rerun)."""
+        return {"kind": self.kind, "extractor": self.extractor,
+                "features": [str(spec) for spec in self.features], "model": self.model,
+                "params": self.params, "tasks": list(self.tasks)}
+
+
+@dataclass(frozen=True)
+class CNNPipeline:
+    """A CNN architecture trained once for all its tasks."""
+
+    name: str
+    architecture: str
+    tasks: tuple[str, ...]
+    epochs: int
+    batch_size: int
+    size: tuple[int, int]
+    color: str
+    kind: str = field(default="cnn", init=False)
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-ready definition (part of the key that decides whether to rerun)."""
+        return {"kind": self.kind, "architecture": self.architecture, "tasks": list(self.tasks),
+                "epochs": self.epochs, "batch_size": self.batch_size,
+                "size": list(self.size), "color": self.color}
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """A classical model of the configuration."""
+
+    model: str
+    params: dict[str, Any]
+    extractors: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True)
+class CNNSettings:
+    """The ``[cnn]`` table: architectures and their shared training budget."""
+
+    architectures: tuple[str, ...]
+    epochs: int = 12
+    batch_size: int = 64
+    size: tuple[int, int] = (128, 128)
+    color: str = "gray"
+
+
+@dataclass(frozen=True)
+class BenchmarkConfig:
+    """A parsed, checked configuration (see the module docstring)."""
+
+    tasks: tuple[str, ...]
+    extractors: dict[str, tuple[FeatureSpec, ...]]
+    models: dict[str, ModelEntry]
+    cnn: CNNSettings | None = None
+    seed: int = 0
+    predict_sample: int = 128
+    limit: int | None = None
+    quick: dict[str, Any] = field(default_factory=dict)
+    source: str = ""
+
+    def pipelines(self) -> list[ClassicalPipeline | CNNPipeline]:
+        """Every pipeline, grouped by extractor (its models in configuration order), then
+        the CNNs; a CNN without a head for any of the tasks is left out."""
+        found: list[ClassicalPipeline | CNNPipeline] = []
+        for extractor, specs in self.extractors.items():
+            for model_name, entry in self.models.items():
+                if entry.extractors is None or extractor in entry.extractors:
+                    found.append(ClassicalPipeline(f"{extractor}-{model_name}", extractor, specs,
+                                                   model_name, entry.model, entry.params,
+                                                   self.tasks))
+        for architecture in self.cnn.architectures if self.cnn else ():
+            tasks = tuple(t for t in self.tasks if t in ARCHITECTURES[architecture].tasks)
+            if tasks:
+                found.append(CNNPipeline(f"cnn-{architecture}", architecture, tasks,
+                                         self.cnn.epochs, self.cnn.batch_size, self.cnn.size,
+                                         self.cnn.color))
+        return found
+
+    def for_quick(self) -> BenchmarkConfig:
+        """The configuration with its ``[quick]`` overrides applied."""
+        settings = dict(self.quick)
+        models = dict(self.models)
+        for name, override in settings.pop("models", {}).items():
+            models[name] = dataclasses.replace(
+                models[name], params={**models[name].params, **override.get("params", {})})
+        return dataclasses.replace(self, models=models).with_overrides(**settings)
+
+    def with_overrides(self, *, tasks: tuple[str, ...] | None = None, limit: int | None = None,
+                       predict_sample: int | None = None, epochs: int | None = None,
+                       size: int | None = None, batch_size: int | None = None
+                       ) -> BenchmarkConfig:
+        """A copy with some settings replaced (None keeps a setting)."""
+        cnn = self.cnn
+        if cnn is not None:
+            cnn = dataclasses.replace(
+                cnn, epochs=cnn.epochs if epochs is None else epochs,
+                batch_size=cnn.batch_size if batch_size is None else batch_size,
+                size=cnn.size if size is None else (size, size))
+        updated = dataclasses.replace(
+            self, cnn=cnn, tasks=self.tasks if tasks is None else tuple(tasks),
+            limit=self.limit if limit is None else limit,
+            predict_sample=self.predict_sample if predict_sample is None else predict_sample)
+        _check(updated)
+        return updated
+
+
+def load_config(path: str | Path = DEFAULT_CONFIG) -> BenchmarkConfig:
+    """Read and check a TOML (``.toml``) or JSON (``.json``) configuration.
+
+    Raises
+    ------
+    FileNotFoundError
+        If the file does not exist.
+    ValueError
+        For a file that does not parse, an unknown key, or an invalid value (the
+        message names the key).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"benchmark configuration not found: {path}")
+    text = path.read_text(encoding="utf-8")
+    if path.suffix == ".toml":
+        try:
+            import tomllib
+        except ImportError:      # Python 3.10
+            raise ValueError(f"reading {path} needs Python 3.11 or newer (tomllib); "
+                             f"write the configuration as JSON instead") from None
+    try:
+        if path.suffix == ".json":
+            raw = json.loads(text)
+        elif path.suffix == ".toml":
+            raw = tomllib.loads(text)
+        else:
+            raise ValueError("expected a .toml or .json file")
+    except ValueError as error:  # JSONDecodeError and TOMLDecodeError are ValueErrors
+        raise ValueError(f"cannot read benchmark configuration {path}: {error}") from error
+    return parse_config(raw, source=str(path))
+
+
+def parse_config(raw: Mapping[str, Any], source: str = "") -> BenchmarkConfig:
+    """Build a :class:`BenchmarkConfig` from parsed TOML/JSON data (see :func:`load_config`)."""
+    where = source or "configuration"
+    _only_keys(raw, ("tasks", "seed", "predict_sample", "limit", "extractors", "models", "cnn",
+                     "quick"), where)
+    extractors = {}
+    for name, blocks in _table(raw, "extractors", where).items():
+        if isinstance(blocks, str):
+            blocks = [blocks]
+        try:
+            extractors[name] = tuple(FeatureSpec.parse(text) for text in blocks)
+        except (TypeError, AttributeError, ValueError) as error:
+            raise ValueError(f"{where}: extractors.{name}: {error}") from None
+    models = {}
+    for name, entry in _table(raw, "models", where).items():
+        _only_keys(entry, ("model", "params", "extractors"), f"{where}: models.{name}")
+        pairs, params = entry.get("extractors"), entry.get("params", {})
+        if not isinstance(params, dict) or not (pairs is None or isinstance(pairs, list)):
+            raise ValueError(f"{where}: models.{name}: params must be a table and extractors "
+                             f"a list of extractor names")
+        models[name] = ModelEntry(entry.get("model", name), dict(params),
+                                  None if pairs is None else tuple(pairs))
+    cnn = None
+    if "cnn" in raw:
+        table = raw["cnn"]
+        _only_keys(table, ("architectures", "epochs", "batch_size", "size", "color"),
+                   f"{where}: cnn")
+        settings = {key: table[key] for key in ("epochs", "batch_size", "color") if key in table}
+        if "size" in table:
+            size = table["size"]
+            settings["size"] = (size, size) if isinstance(size, int) else tuple(size)
+        cnn = CNNSettings(tuple(table.get("architectures", ARCHITECTURES)), **settings)
+    quick = dict(raw.get("quick", {}))
+    _only_keys(quick, _QUICK_KEYS, f"{where}: quick")
+    for name, override in _table(quick, "models", f"{where}: quick").items():
+        _only_keys(override, ("params",), f"{where}: quick.models.{name}")
+        if name not in models or not isinstance(override.get("params", {}), dict):
+            raise ValueError(f"{where}: quick.models.{name}: expected params (a table) of a "
+                             f"model of [models]")
+    config = BenchmarkConfig(tuple(raw.get("tasks", TASKS)), extractors, models, cnn,
+                             raw.get("seed", 0), raw.get("predict_sample", 128),
+                             raw.get("limit"), quick, source)
+    _check(config)
+    return config
+
+
+def _table(raw: Mapping[str, Any], key: str, where: str) -> dict[str, Any]:
+    table = raw.get(key, {})
+    if not isinstance(table, dict):
+        raise ValueError(f"{where}: {key} must be a table")
+    for name in table:
+        if not _NAME.match(name):
+            raise ValueError(f"{where}: {key}.{name}: names may hold letters, digits and _.+-")
+    return table
+
+
+def _only_keys(table: Any, allowed: tuple[str, ...], where: str) -> None:
+    if not isinstance(table, dict):
+        raise ValueError(f"{where} must be a table")
+    unknown = sorted(set(table) - set(allowed))
+    if unknown:
+        raise ValueError(f"{where}: unknown key(s) {unknown}; expected {list(allowed)}")
+
+
+def _positive(value: Any, where: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{where} must be a positive integer, got {value!r}")
+
+
+def _check(config: BenchmarkConfig) -> None:
+    where = config.source or "configuration"
+    unknown = [task for task in config.tasks if task not in TASKS]
+    if unknown or not config.tasks:
+        raise ValueError(f"{where}: tasks must be a non-empty selection of {TASKS}, "
+                         f"got {list(config.tasks)}")
+    if isinstance(config.seed, bool) or not isinstance(config.seed, int):
+        raise ValueError(f"{where}: seed must be an integer, got {config.seed!r}")
+    _positive(config.predict_sample, f"{where}: predict_sample")
+    if config.limit is not None:
+        _positive(config.limit, f"{where}: limit")
+    for name, entry in config.models.items():
+        if entry.model not in MODELS:
+            raise ValueError(f"{where}: models.{name}: unknown model {entry.model!r}; "
+                             f"choose from {MODELS}")
+        missing = sorted(set(entry.extractors or ()) - set(config.extractors))
+        if missing:
+            raise ValueError(f"{where}: models.{name}: no extractors named {missing}")
+    if config.cnn is not None:
+        unknown = [a for a in config.cnn.architectures if a not in ARCHITECTURES]
+        if unknown:
+            raise ValueError(f"{where}: cnn: unknown architectures {unknown}; "
+                             f"choose from {sorted(ARCHITECTURES)}")
+        for key in ("epochs", "batch_size"):
+            _positive(getattr(config.cnn, key), f"{where}: cnn.{key}")
+        if len(config.cnn.size) != 2:
+            raise ValueError(f"{where}: cnn.size must be N or [H, W], got {config.cnn.size}")
+        for value in config.cnn.size:
+            _positive(value, f"{where}: cnn.size")
+        if config.cnn.color not in ("gray", "rgb"):
+            raise ValueError(f"{where}: cnn.color must be gray or rgb, got {config.cnn.color!r}")
+    if not config.pipelines():
+        raise ValueError(f"{where}: no pipeline to run (no extractor x model pair, no CNN "
+                         f"with a head for {list(config.tasks)})")

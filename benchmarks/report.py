@@ -1,0 +1,386 @@
+"""The benchmark's report: one row per pipeline and task, as Markdown, CSV, JSON and plots.
+
+:func:`table_rows` turns the step records of :mod:`benchmarks.run` into rows (the
+columns of :data:`COLUMNS`); :func:`write_report` writes ``RESULTS.md`` (a table per
+task with the best value of each column in bold, the plots, the environment and the
+command), ``results.csv``, ``results.json`` and ``plots/*.png``, each atomically.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import math
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from benchmarks.config import ClassicalPipeline, CNNPipeline
+from pipelines.labels import TASKS
+from pipelines.metrics import class_names
+from pipelines.reports import (atomic_path, atomic_write_bytes, atomic_write_json,
+                               format_summary_table)
+
+#: Columns of ``results.csv`` (and keys of the rows of ``results.json``).
+COLUMNS: tuple[str, ...] = (
+    "pipeline", "task", "status", "kind", "extractor", "model", "accuracy", "f1_macro", "mae",
+    "rmse", "within_5", "gap_ethnicity", "worst_ethnicity", "gap_gender", "worst_gender",
+    "extract_s", "extract_cached", "fit_s", "pipeline_s", "predict_faces_per_s",
+    "model_bytes", "n_train", "n_test", "test_faces_sha256", "error")
+_FIGURES = ("accuracy", "f1_macro", "mae", "rmse", "within_5", "gap_ethnicity",
+            "worst_ethnicity", "gap_gender", "worst_gender", "fit_s", "predict_faces_per_s",
+            "model_bytes", "n_train", "n_test", "test_faces_sha256")
+_HIGHER_IS_BETTER = {"accuracy", "f1_macro", "within_5", "predict_faces_per_s"}
+_COLOURS = {"svm": "tab:blue", "linear-svm": "tab:cyan", "xgboost": "tab:orange",
+            "cnn": "tab:green"}
+
+
+def table_rows(pipelines: Sequence[ClassicalPipeline | CNNPipeline],
+               records: Mapping[str, dict[str, Any] | None],
+               extractions: Mapping[str, dict[str, Any] | None]) -> list[dict[str, Any]]:
+    """One row per pipeline and task, in the order of ``pipelines``.
+
+    Parameters
+    ----------
+    pipelines : sequence
+        The configuration's pipelines.
+    records : mapping
+        Pipeline name -> its current record (None: not run).
+    extractions : mapping
+        Extractor name -> its finished extraction record (or None).
+
+    Returns
+    -------
+    list of dict
+        Keys :data:`COLUMNS`; status ``done``, ``failed`` or ``not run``; figures of a
+        pipeline that is not done are None.
+    """
+    rows = []
+    for pipeline in pipelines:
+        record = records.get(pipeline.name) or {}
+        classical = isinstance(pipeline, ClassicalPipeline)
+        extraction = extractions.get(pipeline.extractor) if classical else None
+        for task in pipeline.tasks:
+            figures = record.get("tasks", {}).get(task, {})
+            row = dict.fromkeys(COLUMNS)
+            row.update(
+                pipeline=pipeline.name, task=task, status=record.get("status", "not run"),
+                kind=pipeline.kind, error=record.get("error"),
+                extractor=pipeline.extractor if classical else None,
+                model=pipeline.model if classical else f"cnn:{pipeline.architecture}",
+                pipeline_s=record.get("seconds") if record.get("status") == "done" else None,
+                **{key: figures.get(key) for key in _FIGURES})
+            if extraction and record.get("status") == "done":
+                row["extract_s"] = extraction["extract_s"]
+                cached = extraction["cached_calls"]
+                row["extract_cached"] = ("all" if cached == extraction["calls"]
+                                         else "some" if cached else "none")
+            rows.append(row)
+    return rows
+
+
+def failed_rows(rows: Sequence[Mapping[str, Any]]) -> dict[str, str]:
+    """Pipeline name -> error of every failed pipeline."""
+    return {row["pipeline"]: row["error"] for row in rows if row["status"] == "failed"}
+
+
+def _headline(task: str) -> tuple[str, bool]:
+    """The figure pipelines are ranked by, and whether higher is better."""
+    return ("accuracy", True) if class_names(task) is not None else ("mae", False)
+
+
+def _ranked(rows: Sequence[Mapping[str, Any]], task: str) -> list[Mapping[str, Any]]:
+    key, higher = _headline(task)
+    done = [row for row in rows if row["task"] == task and row["status"] == "done"]
+    done.sort(key=lambda row: -row[key] if higher else row[key])
+    return done + [row for row in rows if row["task"] == task and row["status"] != "done"]
+
+
+def summary_tables(rows: Sequence[Mapping[str, Any]]) -> str:
+    """Plain-text tables, one per task, for the terminal."""
+    blocks = []
+    for task in dict.fromkeys(row["task"] for row in rows):
+        keys = (("accuracy", "f1_macro") if class_names(task) is not None
+                else ("mae", "rmse", "within_5"))
+        table = [{"pipeline": row["pipeline"], "status": row["status"],
+                  **{key: row[key] for key in keys},
+                  "gap_eth": row["gap_ethnicity"], "gap_gender": row["gap_gender"],
+                  "extract_s": row["extract_s"], "fit_s": row["fit_s"],
+                  "faces_per_s": row["predict_faces_per_s"],
+                  "model_mb": None if row["model_bytes"] is None else row["model_bytes"] / 1e6}
+                 for row in _ranked(rows, task)]
+        blocks.append(f"{task}\n{format_summary_table(table)}")
+    return "\n\n".join(blocks)
+
+
+# --- Markdown ----------------------------------------------------------------------------
+
+
+def _seconds(value: float) -> str:
+    return f"{value:.2f}" if value < 1 else f"{value:.1f}" if value < 100 else f"{value:,.0f}"
+
+
+def _cell(column: str, row: Mapping[str, Any], task: str) -> str:
+    """A Markdown cell (without the bold of the best value)."""
+    value = row[column]
+    if value is None:
+        return "-"
+    if column in ("gap_ethnicity", "gap_gender"):
+        years = class_names(task) is None
+        text = f"{value:.2f}" if years else f"{value:.3f}"
+        return f"{text} ({row[column.replace('gap', 'worst')]})"
+    if column in ("mae", "rmse"):
+        return f"{value:.2f}"
+    if column in ("accuracy", "f1_macro", "within_5"):
+        return f"{value:.3f}"
+    if column == "extract_s":
+        return _seconds(value) + ("†" if row["extract_cached"] == "all" else
+                                  "‡" if row["extract_cached"] == "some" else "")
+    if column in ("fit_s", "pipeline_s"):
+        return _seconds(value)
+    if column == "predict_faces_per_s":
+        return f"{value:.1f}" if value < 100 else f"{value:,.0f}"
+    if column == "model_bytes":
+        return f"{value / 1e6:.2f}" if value < 1e7 else f"{value / 1e6:.0f}"
+    return str(value)
+
+
+def _best_cells(rows: Sequence[Mapping[str, Any]], column: str, task: str) -> set[int]:
+    """Positions of the rows showing the best value of a column (ties included; none
+    when every row shows it)."""
+    done = [(i, row) for i, row in enumerate(rows)
+            if row["status"] == "done" and row[column] is not None
+            and not (column == "extract_s" and row["extract_cached"] != "none")]
+    if len(done) < 2:
+        return set()
+    pick = max if column in _HIGHER_IS_BETTER else min
+    best = pick(row[column] for _, row in done)
+    shown = _cell(column, {**done[0][1], column: best}, task).split(" (")[0]
+    best_rows = {i for i, row in done if _cell(column, row, task).split(" (")[0] == shown}
+    return best_rows if len(best_rows) < len(done) else set()
+
+
+def _note(row: Mapping[str, Any], context: Mapping[str, Any]) -> str:
+    if row["status"] == "failed":
+        error = " ".join(str(row["error"]).split())
+        return f"**failed**: {error[:160]}{'…' if len(error) > 160 else ''}"
+    if row["status"] != "done":
+        return "not run"
+    notes = []
+    if row["test_faces_sha256"] != context["test_faces_sha256"]:
+        notes.append(f"scored {row['n_test']:,} of {context['split']['test']:,} test faces")
+    if row["kind"] == "cnn":
+        notes.append("fit: whole network, all heads")
+    return "; ".join(notes)
+
+
+def task_table(rows: Sequence[Mapping[str, Any]], task: str, context: Mapping[str, Any]) -> str:
+    """The Markdown table of one task, ranked by its headline figure."""
+    figures = ((("accuracy", "accuracy"), ("f1_macro", "macro F1")) if class_names(task)
+               else (("mae", "MAE (years)"), ("rmse", "RMSE"), ("within_5", "within 5 y")))
+    gap = "accuracy gap" if class_names(task) else "MAE gap"
+    columns = (("pipeline", "pipeline"), *figures, ("gap_ethnicity", f"{gap}, ethnicities"),
+               ("gap_gender", f"{gap}, genders"), ("extract_s", "extraction s"),
+               ("fit_s", "fit s"), ("predict_faces_per_s", "predict faces/s"),
+               ("model_bytes", "model MB"))
+    ranked = _ranked(rows, task)
+    best = {column: _best_cells(ranked, column, task) for column, _ in columns[1:]}
+    lines = ["| " + " | ".join(title for _, title in columns) + " | note |",
+             "|" + "---|" + "---:|" * (len(columns) - 1) + "---|"]
+    for i, row in enumerate(ranked):
+        cells = [f"`{row['pipeline']}`"]
+        for column, _ in columns[1:]:
+            text = _cell(column, row, task) if row["status"] == "done" else "-"
+            cells.append(f"**{text}**" if i in best[column] else text)
+        lines.append("| " + " | ".join(cells + [_note(row, context)]) + " |")
+    return "\n".join(lines)
+
+
+def _test_faces_line(rows: Sequence[Mapping[str, Any]], context: Mapping[str, Any]) -> str:
+    split = context["split"]
+    done = {row["pipeline"]: row for row in rows if row["status"] == "done"}
+    others = sorted(name for name, row in done.items()
+                    if row["test_faces_sha256"] != context["test_faces_sha256"])
+    text = (f"{len(done) - len(others)} of {len(done)} finished pipelines were scored on "
+            f"exactly the split's {split['test']:,} test faces (SHA-256 of their names "
+            f"`{context['test_faces_sha256'][:16]}…`)")
+    if others:
+        text += "; " + ", ".join(f"`{name}` on {done[name]['n_test']:,} of them"
+                                 for name in others)
+    return text + "."
+
+
+def _environment_lines(context: Mapping[str, Any]) -> list[str]:
+    env = context["environment"]
+    packages = ", ".join(f"{name} {version}" for name, version in env["packages"].items()
+                         if name != "python" and version != "not installed")
+    return [f"- **Machine**: {env['cpu']}, {env['cpu_count']} CPUs ({env['cpus_usable']} "
+            f"usable), {env['memory_gib']} GiB of memory, GPU: {env['gpu']}; "
+            f"{env['platform']}.",
+            f"- **Software**: Python {env['python']}; {packages}."]
+
+
+def _pipelines_table(context: Mapping[str, Any]) -> str:
+    lines = ["| pipeline | features or network | model | tasks |", "|---|---|---|---|"]
+    for spec in context["pipelines"]:
+        if spec["kind"] == "cnn":
+            height, width = spec["size"]
+            what = (f"{spec['architecture']} CNN on {height}x{width} {spec['color']} faces, "
+                    f"at most {spec['epochs']} epochs, batch {spec['batch_size']}")
+            model = "Keras, one head per task"
+        else:
+            what = ", ".join(f"`{text}`" for text in spec["features"])
+            params = ", ".join(f"{k}={v}" for k, v in spec["params"].items())
+            model = spec["model"] + (f" ({params})" if params else " (defaults)")
+        lines.append(f"| `{spec['name']}` | {what} | {model} | {', '.join(spec['tasks'])} |")
+    return "\n".join(lines)
+
+
+def markdown(rows: Sequence[Mapping[str, Any]], context: Mapping[str, Any],
+             plots: Mapping[str, str]) -> str:
+    """The text of ``RESULTS.md``."""
+    split = context["split"]
+    subset = (f" (a stratified subset of about {split['limit']:,} faces of the shared split)"
+              if split["limit"] and split["limit"] < context["faces"] else "")
+    resumed = [c for c in context["commands"] if c != context["command"]]
+    lines = [
+        "# Benchmark: every pipeline on one split",
+        "",
+        f"Written on {context['written']} by `{context['command']}`"
+        + (f"; it reports pipelines finished by {', '.join(f'`{c}`' for c in resumed)}"
+           if resumed else "") + ".",
+        "",
+        f"- **Data**: `{context['data']}`, {context['faces']:,} faces; split "
+        f"`{split['manifest']}` (SHA-256 `{split['sha256'][:16]}…`): train {split['train']:,}, "
+        f"validation {split['val']:,}, test {split['test']:,}{subset}.",
+        f"- **Test faces**: {_test_faces_line(rows, context)}",
+        *_environment_lines(context),
+        f"- **Configuration**: `{context['config'] or 'given in code'}`.",
+        "",
+        "Each table ranks the pipelines by their test score. The **accuracy (or MAE) gap** is "
+        "the largest difference of that figure between the ethnicities (or between the "
+        "genders) of the test faces, the worst group in brackets. **Extraction s**: wall "
+        "time to extract the features of every face of the split and of the mirrored "
+        "validation and test faces, shared by the models of an extractor († read from the "
+        "feature cache, extracted before this run; ‡ partly); CNNs decode faces as they "
+        "train. **Fit s**: fitting the task's model on the extracted features (classical), "
+        "or training the whole network, all heads and validation passes included (CNN). "
+        "**Predict faces/s**: the saved model predicting from image files to labels, end "
+        f"to end in one process, on the first {context['predict_sample']:,} test faces "
+        "(features of each face and of its mirror image for the classical models; one pass "
+        "for all heads of a CNN). **Model MB**: the saved file (the whole pipeline; one "
+        "`model.keras` for all heads of a CNN). The best value of each column is in bold.",
+    ]
+    for task in TASKS:
+        if not any(row["task"] == task for row in rows):
+            continue
+        lines += ["", f"## {task}", "", task_table(rows, task, context)]
+        absent = [spec["name"] for spec in context["pipelines"] if task not in spec["tasks"]]
+        if absent:
+            lines += ["", f"No {task} head: {', '.join(f'`{name}`' for name in absent)}."]
+        if task in plots:
+            lines += ["", f"![{task}]({plots[task]})"]
+    if "time" in plots:
+        lines += ["", "## Score against training time", "", f"![score against fit time]"
+                  f"({plots['time']})"]
+    lines += ["", "## Pipelines", "", _pipelines_table(context)]
+    failed = failed_rows(rows)
+    if failed:
+        lines += ["", "## Failed pipelines", ""]
+        lines += [f"- `{name}`: {' '.join(str(error).split())}" for name, error in failed.items()]
+    return "\n".join(lines) + "\n"
+
+
+# --- plots -------------------------------------------------------------------------------
+
+
+def _family(row: Mapping[str, Any]) -> str:
+    return "cnn" if row["kind"] == "cnn" else row["model"]
+
+
+def plot_task(rows: Sequence[Mapping[str, Any]], task: str):
+    """Horizontal bars of the task's headline figure, one per finished pipeline."""
+    from matplotlib.figure import Figure
+
+    key, higher = _headline(task)
+    done = [row for row in _ranked(rows, task) if row["status"] == "done"][::-1]
+    figure = Figure(figsize=(7, 1.2 + 0.32 * len(done)), layout="constrained")
+    axes = figure.subplots()
+    values = [row[key] for row in done]
+    axes.barh([row["pipeline"] for row in done], values,
+              color=[_COLOURS.get(_family(row), "tab:gray") for row in done])
+    for position, value in enumerate(values):
+        axes.text(value, position, f" {value:.3f}" if higher else f" {value:.2f}",
+                  va="center", fontsize=8)
+    axes.set(xlabel="test accuracy" if higher else "test MAE (years, lower is better)",
+             title=task)
+    axes.margins(x=0.15)
+    axes.legend(handles=_legend(done), fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
+    return figure
+
+
+def _legend(rows: Sequence[Mapping[str, Any]]) -> list:
+    """One coloured patch per model family of ``rows``."""
+    from matplotlib.patches import Patch
+
+    return [Patch(color=_COLOURS.get(family, "tab:gray"), label=family)
+            for family in dict.fromkeys(_family(row) for row in rows)]
+
+
+def plot_score_vs_time(rows: Sequence[Mapping[str, Any]]):
+    """Per task, the headline figure against fit time (log scale), a point per pipeline."""
+    from matplotlib.figure import Figure
+
+    tasks = [task for task in TASKS if any(row["task"] == task and row["status"] == "done"
+                                           and row["fit_s"] for row in rows)]
+    columns = min(2, len(tasks))
+    figure = Figure(figsize=(6.5 * columns, 4.6 * math.ceil(len(tasks) / columns)),
+                    layout="constrained")
+    for axes, task in zip(figure.subplots(math.ceil(len(tasks) / columns), columns,
+                                          squeeze=False).flat, tasks):
+        key, higher = _headline(task)
+        shown = [row for row in rows
+                 if row["task"] == task and row["status"] == "done" and row["fit_s"]]
+        for row in shown:
+            axes.scatter(row["fit_s"], row[key], color=_COLOURS.get(_family(row), "tab:gray"))
+            axes.annotate(row["pipeline"], (row["fit_s"], row[key]), fontsize=7,
+                          xytext=(3, 3), textcoords="offset points")
+        axes.set(xscale="log", title=task, xlabel="fit time (s, log scale)",
+                 ylabel="test accuracy" if higher else "test MAE (years, lower is better)")
+        axes.grid(alpha=0.3)
+        axes.legend(handles=_legend(shown), fontsize=8)
+    for axes in list(figure.axes)[len(tasks):]:
+        axes.set_visible(False)
+    return figure
+
+
+def _save(figure, path: Path) -> None:
+    with atomic_path(path) as temp:
+        figure.savefig(temp, format="png", dpi=110)
+
+
+def write_report(out: str | Path, rows: Sequence[Mapping[str, Any]],
+                 context: Mapping[str, Any]) -> dict[str, Any]:
+    """Write ``RESULTS.md``, ``results.csv``, ``results.json`` and ``plots/`` into ``out``.
+
+    Returns
+    -------
+    dict
+        The content of ``results.json``: ``context`` and ``rows``.
+    """
+    out = Path(out)
+    plots = {}
+    for task in dict.fromkeys(row["task"] for row in rows):
+        if any(row["task"] == task and row["status"] == "done" for row in rows):
+            _save(plot_task(rows, task), out / "plots" / f"{task}.png")
+            plots[task] = f"plots/{task}.png"
+    if any(row["status"] == "done" and row["fit_s"] for row in rows):
+        _save(plot_score_vs_time(rows), out / "plots" / "score_vs_time.png")
+        plots["time"] = "plots/score_vs_time.png"
+    results = {"context": dict(context), "rows": [dict(row) for row in rows]}
+    atomic_write_json(out / "results.json", results)
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_bytes(out / "results.csv", buffer.getvalue().encode("utf-8"))
+    atomic_write_bytes(out / "RESULTS.md", markdown(rows, context, plots).encode("utf-8"))
+    return results

@@ -1,0 +1,210 @@
+"""The benchmark's units of work, each run in a process of its own by :mod:`benchmarks.run`.
+
+A step is one feature extraction (shared by the pipelines of an extractor) or one
+pipeline (a classical pipeline with one model per task, or a CNN with one head per
+task). :func:`child_main` runs a step in a child process and sends back a JSON-ready
+result, or the error that stopped it; a child killed by the system (out of memory)
+sends nothing, which the parent reports as such.
+
+What is measured:
+
+- extraction: wall time of extracting every block of the split's faces, and of the
+  mirrored validation and test faces (:func:`pipelines.classical.extract_views`), in
+  parallel, with how many of those calls the feature cache answered;
+- fit: the chosen model's fit on the extracted features (classical), or the whole
+  network's training, all heads and validation passes included (CNN);
+- predict throughput: faces per second of the saved model predicting end to end, from
+  image files to labels in one process (decoding, features of the face and its mirror
+  image, model), on the first ``predict_sample`` test faces, after a warm-up call;
+- model size: bytes of the saved file (``<task>_model.joblib``, or the CNN's
+  ``model.keras`` shared by its heads).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from joblib.externals.loky import get_reusable_executor
+
+from benchmarks.config import ClassicalPipeline, CNNPipeline
+from pipelines.classical import FeatureSpec, TrainConfig, extract_views, save_results, train_tasks
+from pipelines.dataset import DatasetIndex, parse_utkface_name
+from pipelines.metrics import group_gap, headline
+from pipelines.reports import prepare_output_dir
+from pipelines.splits import PARTS, Split, names_sha256
+
+logger = logging.getLogger(__name__)
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+_WARM_UP_FACES = 2
+
+
+@dataclass(frozen=True)
+class Job:
+    """Where a step reads and writes, and how.
+
+    Attributes
+    ----------
+    data : Path
+        UTKFace image folder.
+    split : Path
+        Split manifest of the faces to use (the shared one, or its subset).
+    cache_dir : Path
+        Feature cache folder.
+    out : Path
+        Folder of the step's models, metrics and plots.
+    n_jobs : int
+        Processes for extraction and image decoding, threads for fitting.
+    seed : int
+        Seed of PCA, the models and the CNN.
+    predict_sample : int
+        Test faces timed for predict throughput.
+    progress : bool
+        Progress bars.
+    """
+
+    data: Path
+    split: Path
+    cache_dir: Path
+    out: Path
+    n_jobs: int
+    seed: int
+    predict_sample: int
+    progress: bool
+
+
+def load_parts(job: Job) -> tuple[Split, dict[str, DatasetIndex]]:
+    """The split and its train, val and test faces, labelled from their names (the
+    parent checked that the folder holds them)."""
+    split = Split.load(job.split)
+    parts = {}
+    for part in PARTS:
+        names = getattr(split, part)
+        labels = [parse_utkface_name(name) for name in names]
+        parts[part] = DatasetIndex(job.data, names, age=[face.age for face in labels],
+                                   gender=[face.gender for face in labels],
+                                   ethnicity=[face.ethnicity for face in labels])
+    return split, parts
+
+
+def task_figures(task: str, metrics: dict[str, Any]) -> dict[str, Any]:
+    """Headline test figures of a task and its worst-group gaps between ethnicities and
+    between genders (:func:`pipelines.metrics.group_gap`)."""
+    figures: dict[str, Any] = dict(headline(task, metrics))
+    for grouping in ("ethnicity", "gender"):
+        figures[f"gap_{grouping}"], figures[f"worst_{grouping}"] = group_gap(task, metrics,
+                                                                              grouping)
+    figures["n_test"] = metrics["overall"]["n"]
+    return figures
+
+
+def faces_per_second(predict: Callable[[list[str]], Any], paths: Sequence[str]) -> float:
+    """Throughput of ``predict`` on ``paths``, after a warm-up call on two of them."""
+    paths = list(paths)
+    predict(paths[:_WARM_UP_FACES])
+    start = time.perf_counter()
+    predict(paths)
+    return len(paths) / (time.perf_counter() - start)
+
+
+def _cache_entries(cache_dir: Path) -> int:
+    """Results stored in a joblib cache folder (one ``output.pkl`` each)."""
+    return sum(1 for _ in cache_dir.rglob("output.pkl")) if cache_dir.is_dir() else 0
+
+
+def extract_step(specs: tuple[FeatureSpec, ...], job: Job) -> dict[str, Any]:
+    """Extract (into the feature cache) every block the pipelines of an extractor need."""
+    _, parts = load_parts(job)
+    before = _cache_entries(job.cache_dir)
+    start = time.perf_counter()
+    features, mirrored = extract_views(parts, specs, n_jobs=job.n_jobs, cache_dir=job.cache_dir,
+                                       progress=job.progress)
+    seconds = time.perf_counter() - start
+    calls = 2 * len(specs)      # each block of the faces, and of their mirror images
+    return {"extract_s": round(seconds, 2),
+            "cached_calls": max(0, calls - (_cache_entries(job.cache_dir) - before)),
+            "calls": calls, "n_columns": int(features["train"].X.shape[1]),
+            "n_faces": sum(len(found.kept) for found in features.values()),
+            "n_mirrored": sum(len(found.kept) for found in mirrored.values())}
+
+
+def classical_step(pipeline: ClassicalPipeline, job: Job) -> dict[str, Any]:
+    """Train, score and save one model per task; measure fit, throughput and size."""
+    split, parts = load_parts(job)
+    config = TrainConfig(features=pipeline.features, model=pipeline.model, tasks=pipeline.tasks,
+                         params=pipeline.params, n_jobs=job.n_jobs, seed=job.seed)
+    results = train_tasks(parts, config, cache_dir=job.cache_dir, progress=job.progress)
+    out = prepare_output_dir(job.out, overwrite=True)
+    save_results(out, results, config, {"manifest": str(job.split), "sha256": split.sha256,
+                                        **{part: len(faces) for part, faces in parts.items()}})
+    tasks = {}
+    for result in results:
+        sample = [os.path.join(job.data, name) for name in result.test_files[:job.predict_sample]]
+        tasks[result.task] = {
+            **task_figures(result.task, result.test_metrics),
+            "fit_s": result.fit_seconds,
+            "predict_faces_per_s": round(faces_per_second(result.pipeline.predict, sample), 1),
+            "model_bytes": (out / f"{result.task}_model.joblib").stat().st_size,
+            "n_train": result.n_train, "params": result.params,
+            "test_faces_sha256": names_sha256(result.test_files)}
+    return {"tasks": tasks}
+
+
+def cnn_step(pipeline: CNNPipeline, job: Job) -> dict[str, Any]:
+    """Train and score a CNN on its tasks; measure training, throughput and size."""
+    import tensorflow as tf
+
+    from models.cnn import load_model
+    from pipelines.cnn_training import train_cnn
+
+    summary = train_cnn(job.data, job.out, architecture=pipeline.architecture,
+                        tasks=pipeline.tasks, manifest_path=job.split, size=pipeline.size,
+                        color=pipeline.color, epochs=pipeline.epochs,
+                        batch_size=pipeline.batch_size, seed=job.seed, n_jobs=job.n_jobs,
+                        overwrite=True, progress=job.progress)
+    model_path = Path(summary["model_path"])
+    sample = [os.path.join(job.data, name)
+              for name in Split.load(job.split).test[:job.predict_sample]]
+    throughput = faces_per_second(load_model(model_path).predict, sample)
+    tasks = {}
+    for task in summary["tasks"]:
+        metrics = json.loads((Path(job.out) / f"{task}_metrics.json").read_text())
+        tasks[task] = {**task_figures(task, metrics), "fit_s": summary["train_seconds"],
+                       "predict_faces_per_s": round(throughput, 1),
+                       "model_bytes": model_path.stat().st_size,
+                       "n_train": summary["counts"]["train"],
+                       "test_faces_sha256": summary["test_faces_sha256"]}
+    return {"tasks": tasks, "epochs_run": summary["epochs_run"],
+            "best_epoch": summary["best_epoch"],
+            "train_images_per_second": summary["train_images_per_second"],
+            "device": "GPU" if tf.config.list_physical_devices("GPU") else "CPU"}
+
+
+STEPS: dict[str, Callable[[Any, Job], dict[str, Any]]] = {
+    "extract": extract_step, "classical": classical_step, "cnn": cnn_step}
+
+
+def child_main(connection, kind: str, target: Any, job: Job, log_level: int) -> None:
+    """Entry point of a step's child process: run it, send ``("done", result)`` or
+    ``("failed", message, traceback)`` through ``connection``.
+
+    The child leads a process group of its own, so that the parent can stop it with
+    the processes it started (joblib's workers).
+    """
+    os.setpgrp()
+    logging.basicConfig(level=log_level, format=LOG_FORMAT)
+    try:
+        message: tuple = ("done", STEPS[kind](target, job))
+    except Exception as error:           # MemoryError included: report it, do not crash
+        message = ("failed", f"{type(error).__name__}: {error}", traceback.format_exc())
+    connection.send(message)
+    connection.close()
+    # A multiprocessing child waits at exit for its children, before the atexit hook
+    # that stops joblib's idle worker processes would run: stop them now.
+    get_reusable_executor().shutdown(wait=True)

@@ -1,0 +1,202 @@
+"""``python -m benchmarks.run --quick`` on a small sample of real faces: an interrupted
+run, its resumption, the tables, identical test faces, a failed pipeline, a rerun of one
+deleted result."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from benchmarks.config import DEFAULT_CONFIG, load_config, parse_config
+from benchmarks.report import COLUMNS
+from benchmarks.run import main, subset_split
+from pipelines.dataset import default_data_dir, index_folder
+from pipelines.splits import Split, load_or_create_split, names_sha256
+from tests.conftest import link_faces
+
+DATA = default_data_dir()
+REPO = Path(__file__).resolve().parent.parent
+SAMPLE = 150
+PIPELINES = ["pixels-svm", "pixels-xgboost", "pixels-broken", "hog-svm", "hog-xgboost",
+             "cnn-default"]
+CONFIG = {
+    "tasks": ["gender", "age"],
+    "predict_sample": 8,
+    "extractors": {"pixels": ["pixels:16:gray"], "hog": ["hog:32:gray:10"]},
+    "models": {"svm": {"model": "svm"},
+               "xgboost": {"model": "xgboost", "params": {"n_estimators": 10, "max_depth": 2}},
+               # C must be positive: this pipeline fails when its SVMs are fitted
+               "broken": {"model": "svm", "params": {"C": -1}, "extractors": ["pixels"]}},
+    "cnn": {"architectures": ["default"], "epochs": 3, "size": 64, "batch_size": 16},
+    "quick": {"limit": 120, "epochs": 1, "size": 32,
+              "models": {"xgboost": {"params": {"n_estimators": 5}}}},
+}
+pytestmark = pytest.mark.skipif(not DATA.is_dir(), reason=f"no UTKFace folder at {DATA}")
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory) -> Path:
+    """Links to 150 random faces, the tiny configuration, and room for results."""
+    root = tmp_path_factory.mktemp("benchmark")
+    names = sorted(os.listdir(DATA))
+    link_faces(root / "faces", [DATA / name for name in random.Random(1).sample(names, SAMPLE)])
+    (root / "config.json").write_text(json.dumps(CONFIG))
+    return root
+
+
+def arguments(workdir: Path) -> list[str]:
+    return ["--quick", "--config", str(workdir / "config.json"), "--data", str(workdir / "faces"),
+            "--split", str(workdir / "split.json"), "--out", str(workdir / "out"),
+            "--cache-dir", str(workdir / "cache"), "--n-jobs", "1", "--quiet"]
+
+
+def finished_at(workdir: Path) -> dict[str, str]:
+    """Pipeline -> the time its record was written."""
+    folder = workdir / "out" / "work" / "pipelines"
+    return {path.stem: json.loads(path.read_text())["finished"]
+            for path in folder.glob("*.json")} if folder.is_dir() else {}
+
+
+@pytest.fixture(scope="module")
+def interrupted(workdir: Path) -> dict[str, str]:
+    """The command interrupted (SIGINT) once a pipeline has finished; returns the records
+    written before the interruption."""
+    process = subprocess.Popen([sys.executable, "-m", "benchmarks.run", *arguments(workdir)],
+                               cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
+    deadline = time.monotonic() + 120
+    while not finished_at(workdir) and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stderr
+    assert "run the same command again to resume" in stderr
+    return finished_at(workdir)
+
+
+@pytest.fixture(scope="module")
+def resumed(workdir: Path, interrupted: dict[str, str]) -> Path:
+    """The same command run to the end: it resumes the interrupted run."""
+    assert main(arguments(workdir)) == 1           # 1: a pipeline failed
+    return workdir / "out"
+
+
+@pytest.mark.slow
+def test_interrupted_run_is_resumed(workdir: Path, interrupted: dict[str, str],
+                                    resumed: Path) -> None:
+    assert 0 < len(interrupted) < len(PIPELINES)
+    after = finished_at(workdir)
+    assert sorted(after) == sorted(PIPELINES)
+    for name, finished in interrupted.items():     # finished before: not run again
+        if json.loads((resumed / "work" / "pipelines" / f"{name}.json").read_text())[
+                "status"] == "done":
+            assert after[name] == finished
+
+
+@pytest.mark.slow
+def test_tables_have_a_row_per_pipeline_and_task(resumed: Path) -> None:
+    with open(resumed / "results.csv", newline="") as stream:
+        rows = list(csv.DictReader(stream))
+    assert tuple(rows[0]) == COLUMNS
+    assert sorted((row["pipeline"], row["task"]) for row in rows) == sorted(
+        (name, task) for name in PIPELINES for task in ("gender", "age"))
+    assert {row["status"] for row in rows if row["pipeline"] != "pixels-broken"} == {"done"}
+    rows_json = json.loads((resumed / "results.json").read_text())["rows"]
+    assert [tuple(row) for row in rows_json] == [COLUMNS] * len(rows)
+
+    text = (resumed / "RESULTS.md").read_text()
+    assert "python -m benchmarks.run --quick" in text
+    for task, figures in (("gender", ["accuracy", "macro F1"]),
+                          ("age", ["MAE (years)", "RMSE", "within 5 y"])):
+        section = text.split(f"## {task}\n")[1].split("\n## ")[0]
+        table = [line for line in section.splitlines() if line.startswith("|")]
+        header = [cell.strip() for cell in table[0].strip("|").split("|")]
+        assert header[0] == "pipeline" and header[1:1 + len(figures)] == figures
+        assert header[-5:] == ["extraction s", "fit s", "predict faces/s", "model MB", "note"]
+        body = table[2:]
+        assert sorted(line.split("`")[1] for line in body) == sorted(PIPELINES)
+        assert all(len(line.strip("|").split("|")) == len(header) for line in body)
+        assert "**" in section                     # best values marked
+        assert f"![{task}](plots/{task}.png)" in section
+    for plot in ("gender", "age", "score_vs_time"):
+        assert (resumed / "plots" / f"{plot}.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.slow
+def test_every_pipeline_used_the_same_test_faces(resumed: Path, workdir: Path) -> None:
+    split = Split.load(resumed / "work" / "split.json")   # the --quick subset of the split
+    shared = Split.load(workdir / "split.json")
+    assert set(split.test) <= set(shared.test) and len(split.train) < len(shared.train)
+    rows = json.loads((resumed / "results.json").read_text())["rows"]
+    done = [row for row in rows if row["status"] == "done"]
+    assert len(done) == 2 * (len(PIPELINES) - 1)
+    assert {row["test_faces_sha256"] for row in done} == {names_sha256(split.test)}
+    assert {row["n_test"] for row in done} == {len(split.test)}
+
+
+@pytest.mark.slow
+def test_failed_pipeline_is_reported(resumed: Path) -> None:
+    rows = json.loads((resumed / "results.json").read_text())["rows"]
+    failed = [row for row in rows if row["pipeline"] == "pixels-broken"]
+    assert [row["status"] for row in failed] == ["failed", "failed"]
+    assert all("InvalidParameterError" in row["error"] and row["accuracy"] is None
+               for row in failed)
+    text = (resumed / "RESULTS.md").read_text()
+    assert "| `pixels-broken` | - |" in text and "**failed**: InvalidParameterError" in text
+
+
+@pytest.mark.slow
+def test_only_a_deleted_result_runs_again(resumed: Path, workdir: Path, capsys) -> None:
+    before = finished_at(workdir)
+    (resumed / "work" / "pipelines" / "hog-svm.json").unlink()
+    assert main(arguments(workdir)) == 1
+    after = finished_at(workdir)
+    rerun = {name for name in PIPELINES if after[name] != before.get(name)}
+    assert rerun == {"hog-svm", "pixels-broken"}   # failed pipelines are retried
+    assert "hog-svm" in capsys.readouterr().out
+
+
+def test_default_configuration_covers_every_pipeline() -> None:
+    config = load_config(DEFAULT_CONFIG)
+    names = [pipeline.name for pipeline in config.pipelines()]
+    for extractor in ("pixels", "hog", "lbp", "hog+lbp", "pca", "dlib"):
+        assert f"{extractor}-svm" in names and f"{extractor}-xgboost" in names
+    assert names[-2:] == ["cnn-default", "cnn-seed_baseline"]
+    assert config.pipelines()[-1].tasks == ("gender", "age")
+    assert config.tasks == ("gender", "ethnicity", "age", "age_group")
+    quick = config.for_quick()
+    assert quick.limit and quick.cnn.epochs < config.cnn.epochs
+    assert quick.models["xgboost"].params["n_estimators"] < 100
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"colour": "gray"}, "unknown key"),
+    ({"extractors": {"x": ["sift:64"]}}, "unknown extractor"),
+    ({"models": {"m": {"model": "forest"}}}, "unknown model"),
+    ({"models": {"m": {"model": "svm", "extractors": ["nope"]}}}, "no extractors named"),
+    ({"cnn": {"architectures": ["resnet"]}}, "unknown architectures"),
+    ({"tasks": ["height"]}, "tasks must be"),
+    ({"quick": {"models": {"forest": {"params": {}}}}}, "quick.models.forest"),
+])
+def test_invalid_configuration_is_refused(change: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        parse_config({**CONFIG, "quick": {}, **change})
+
+
+def test_subset_keeps_parts_and_proportions() -> None:
+    index = index_folder(DATA)
+    split = load_or_create_split(index, REPO / "splits" / "utkface.json")
+    subset = subset_split(split, split.apply(index), 1000, seed=0)
+    for part in ("train", "val", "test"):
+        assert set(getattr(subset, part)) <= set(getattr(split, part))
+    assert abs(len(subset.train) + len(subset.val) + len(subset.test) - 1000) <= 2
+    women = index.subset(subset.test).gender.mean()
+    assert women == pytest.approx(index.subset(split.test).gender.mean(), abs=0.02)
