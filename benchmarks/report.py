@@ -215,7 +215,10 @@ def _environment_lines(context: Mapping[str, Any]) -> list[str]:
     return [f"- **Machine**: {env['cpu']}, {env['cpu_count']} CPUs ({env['cpus_usable']} "
             f"usable), {env['memory_gib']} GiB of memory, GPU: {env['gpu']}; "
             f"{env['platform']}.",
-            f"- **Software**: Python {env['python']}; {packages}."]
+            f"- **Software**: Python {env['python']}; {packages}.",
+            *([f"- **Dask scheduler**: `{env['scheduler']}`: features extracted and XGBoost "
+               "trained on its workers; SVMs, CNNs and the predict throughput on this "
+               "machine."] if env.get("scheduler") else [])]
 
 
 def _pipelines_table(context: Mapping[str, Any]) -> str:

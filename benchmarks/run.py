@@ -17,6 +17,11 @@ is written, atomically, when it ends. A step that raises, or whose process is ki
 (out of memory), gets a ``failed`` record and the others still run. Rerunning the same
 command resumes: pipelines with a ``done`` record for the same definition, split, data
 and seed are not run again (failed ones are retried).
+
+With ``--scheduler`` (or ``$DASK_SCHEDULER_ADDRESS``) the classical pipelines extract
+their features and train XGBoost on the workers of a Dask cluster
+(:mod:`pipelines.cluster`); the address is recorded in each step's record and in the
+report's environment.
 """
 from __future__ import annotations
 
@@ -46,6 +51,7 @@ from benchmarks import steps
 from benchmarks.config import DEFAULT_CONFIG, BenchmarkConfig, load_config
 from benchmarks.report import failed_rows, summary_tables, table_rows, write_report
 from pipelines.classical import versions
+from pipelines.cluster import SCHEDULER_ENV, SVM_CLUSTER_LIMIT, scheduler_address
 from pipelines.dataset import DatasetIndex, default_data_dir, index_folder
 from pipelines.labels import TASKS
 from pipelines.reports import atomic_write_json
@@ -141,6 +147,13 @@ def environment() -> dict[str, Any]:
 
 
 def _key(definition: Any, context: dict[str, Any]) -> str:
+    # The Dask scheduler is deliberately not part of a key: a cluster changes where the
+    # work runs, not what is computed. Features are identical, and XGBoost's models equal
+    # this machine's with subsample=1; with row subsampling (subsample<1, the default
+    # 0.8) each worker draws its own rows, so the model differs as with another seed
+    # (models.xgboost_models.fit_on_cluster), which a benchmark's resumption accepts.
+    # An address also changes whenever a cluster restarts, which would discard finished
+    # work. Each record stores the scheduler that ran it instead.
     text = json.dumps({"definition": definition, **context}, sort_keys=True, default=str)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
@@ -239,7 +252,8 @@ def _execute(step: Step, job: steps.Job, log_level: int, command: str) -> dict[s
     except StepFailed as failure:
         logger.error("%s failed: %s", step.name, failure)
         outcome = {"status": "failed", "error": str(failure), "traceback": failure.details}
-    return _write_record(step, command, started, time.perf_counter() - clock, **outcome)
+    return _write_record(step, command, started, time.perf_counter() - clock,
+                         scheduler=job.scheduler, **outcome)
 
 
 def plan(config: BenchmarkConfig, work: Path, context: dict[str, Any]
@@ -264,7 +278,7 @@ def run_benchmark(config: BenchmarkConfig, *, data: str | os.PathLike,
                   split_path: str | os.PathLike, out: str | os.PathLike,
                   cache_dir: str | os.PathLike, n_jobs: int = 1, fresh: bool = False,
                   only: Sequence[str] = (), progress: bool = True,
-                  command: str = "") -> dict[str, Any]:
+                  command: str = "", scheduler: str | None = None) -> dict[str, Any]:
     """Run the pipelines of a configuration that have not finished yet, then report.
 
     Parameters
@@ -292,6 +306,13 @@ def run_benchmark(config: BenchmarkConfig, *, data: str | os.PathLike,
         Progress bars and INFO logging in the steps.
     command : str
         The command line, recorded with the results.
+    scheduler : str, optional
+        Dask scheduler address (resolved: :func:`pipelines.cluster.scheduler_address`):
+        the classical pipelines extract their features and train XGBoost on its workers,
+        which must read ``data`` at the same path; an SVM fits in the step's process and
+        is refused above :data:`pipelines.cluster.SVM_CLUSTER_LIMIT` training rows (that
+        pipeline fails, the others run). CNNs ignore it. It is not part of the resumption
+        key: see :func:`_key`. None: everything runs on this machine.
 
     Returns
     -------
@@ -319,10 +340,14 @@ def run_benchmark(config: BenchmarkConfig, *, data: str | os.PathLike,
     logger.info("%d pipeline(s): %d to run, %d finished before", len(pipelines), len(pending),
                 len(selected) - len(pending))
     log_level = logging.INFO if progress else logging.WARNING
+    if scheduler is not None:
+        logger.info("classical pipelines use the Dask scheduler at %s%s", scheduler,
+                    "; CNNs ignore it and train on this machine"
+                    if any(step.kind == "cnn" for step in pending) else "")
 
     def job(name: str) -> steps.Job:
         return steps.Job(index.folder, manifest, cache_dir, work / "runs" / name, n_jobs,
-                         config.seed, config.predict_sample, progress)
+                         config.seed, config.predict_sample, progress, scheduler)
 
     extracted: dict[str, dict[str, Any]] = {}
     try:
@@ -337,12 +362,13 @@ def run_benchmark(config: BenchmarkConfig, *, data: str | os.PathLike,
                 if extracted[extractor]["status"] != "done":
                     _write_record(step, command, _now(), 0.0, status="failed",
                                   error=f"feature extraction ({extractor}) failed: "
-                                        f"{extracted[extractor]['error']}")
+                                        f"{extracted[extractor]['error']}",
+                                  scheduler=scheduler)
                     continue
             _execute(step, job(step.name), log_level, command)
     finally:     # also when interrupted: report what has finished
         results = _report(config, extractions, pipelines, out, used, manifest, index,
-                          command)
+                          command, scheduler)
     return results
 
 
@@ -354,7 +380,7 @@ def _shown(path: str | os.PathLike) -> str:
 
 def _report(config: BenchmarkConfig, extractions: dict[str, Step], pipelines: list[Step],
             out: Path, split: Split, manifest: Path, index: DatasetIndex,
-            command: str) -> dict[str, Any]:
+            command: str, scheduler: str | None = None) -> dict[str, Any]:
     records = {}
     for step in pipelines:    # a record of another definition, split or seed is stale
         record = _read_record(step.record)
@@ -364,7 +390,8 @@ def _report(config: BenchmarkConfig, extractions: dict[str, Step], pipelines: li
     context = {
         "command": command, "commands": commands or [command],
         "written": _now(),
-        "environment": environment(), "config": config.source and _shown(config.source),
+        "environment": {**environment(), "scheduler": scheduler},
+        "config": config.source and _shown(config.source),
         "tasks": list(config.tasks), "data": str(index.folder), "faces": len(index),
         "split": {"manifest": _shown(manifest), "sha256": split.sha256, "limit": config.limit,
                   **{part: len(getattr(split, part)) for part in PARTS}},
@@ -418,6 +445,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--only", nargs="+", default=(), metavar="NAME",
                         help="run only these pipelines (names or patterns such as 'hog-*'); "
                              "the report still lists every pipeline of the configuration")
+    parser.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                        help="Dask scheduler address (e.g. tcp://10.0.0.5:8786; default: "
+                             f"${SCHEDULER_ENV} when set): the classical pipelines extract "
+                             "their features on the cluster's workers and train XGBoost "
+                             "there. The image folder must be readable at the same path "
+                             "from every worker. An RBF SVM still fits on this machine and "
+                             f"is refused above {SVM_CLUSTER_LIMIT:,} training rows (its "
+                             "pipeline fails); CNN pipelines ignore it and train on this "
+                             "machine. Not part of what decides whether a finished pipeline "
+                             "is run again; needs pip install -e \".[distributed]\"")
     parser.add_argument("--fresh", action="store_true",
                         help="rerun the selected pipelines even if they finished before")
     parser.add_argument("--quiet", action="store_true", help="no progress bars, warnings only")
@@ -443,7 +480,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         results = run_benchmark(config, data=args.data or default_data_dir(),
                                 split_path=args.split, out=out, cache_dir=args.cache_dir,
                                 n_jobs=args.n_jobs, only=args.only, fresh=args.fresh,
-                                progress=not args.quiet, command=command)
+                                progress=not args.quiet, command=command,
+                                scheduler=scheduler_address(args.scheduler))
     except KeyboardInterrupt:
         print(f"\ninterrupted; finished pipelines are kept in {out / WORK}: run the same "
               f"command again to resume", file=sys.stderr)

@@ -18,6 +18,10 @@ What is measured:
   image, model), on the first ``predict_sample`` test faces, after a warm-up call;
 - model size: bytes of the saved file (``<task>_model.joblib``, or the CNN's
   ``model.keras`` shared by its heads).
+
+With a Dask scheduler (``Job.scheduler``) the extraction and XGBoost's fits run on the
+cluster's workers (:mod:`pipelines.cluster`), so their times include the cluster's
+transfers; prediction is always timed in the step's own process.
 """
 from __future__ import annotations
 
@@ -34,6 +38,7 @@ from joblib.externals.loky import get_reusable_executor
 
 from benchmarks.config import ClassicalPipeline, CNNPipeline
 from pipelines.classical import FeatureSpec, TrainConfig, extract_views, save_results, train_tasks
+from pipelines.cluster import check_workers_read, connect
 from pipelines.dataset import DatasetIndex, parse_utkface_name
 from pipelines.metrics import group_gap, headline
 from pipelines.reports import prepare_output_dir
@@ -67,6 +72,10 @@ class Job:
         Test faces timed for predict throughput.
     progress : bool
         Progress bars.
+    scheduler : str, optional
+        Dask scheduler address (:func:`pipelines.cluster.scheduler_address`): the
+        extraction and XGBoost's fits run on its workers, which must read ``data`` at
+        the same path. None: everything runs in the step's process. CNN steps ignore it.
     """
 
     data: Path
@@ -77,6 +86,7 @@ class Job:
     seed: int
     predict_sample: int
     progress: bool
+    scheduler: str | None = None
 
 
 def load_parts(job: Job) -> tuple[Split, dict[str, DatasetIndex]]:
@@ -119,13 +129,17 @@ def _cache_entries(cache_dir: Path) -> int:
 
 
 def extract_step(specs: tuple[FeatureSpec, ...], job: Job) -> dict[str, Any]:
-    """Extract (into the feature cache) every block the pipelines of an extractor need."""
+    """Extract (into the feature cache) every block the pipelines of an extractor need,
+    on the workers of ``job.scheduler`` when set (their connection is not timed)."""
     _, parts = load_parts(job)
     before = _cache_entries(job.cache_dir)
-    start = time.perf_counter()
-    features, mirrored = extract_views(parts, specs, n_jobs=job.n_jobs, cache_dir=job.cache_dir,
-                                       progress=job.progress)
-    seconds = time.perf_counter() - start
+    with connect(job.scheduler) as client:
+        if client is not None:
+            check_workers_read(client, [job.data])
+        start = time.perf_counter()
+        features, mirrored = extract_views(parts, specs, n_jobs=job.n_jobs,
+                                           cache_dir=job.cache_dir, progress=job.progress)
+        seconds = time.perf_counter() - start
     calls = 2 * len(specs)      # each block of the faces, and of their mirror images
     return {"extract_s": round(seconds, 2),
             "cached_calls": max(0, calls - (_cache_entries(job.cache_dir) - before)),
@@ -135,11 +149,18 @@ def extract_step(specs: tuple[FeatureSpec, ...], job: Job) -> dict[str, Any]:
 
 
 def classical_step(pipeline: ClassicalPipeline, job: Job) -> dict[str, Any]:
-    """Train, score and save one model per task; measure fit, throughput and size."""
+    """Train, score and save one model per task; measure fit, throughput and size.
+
+    With ``job.scheduler``, XGBoost trains on the cluster's workers and an SVM in this
+    process (refused above :data:`pipelines.cluster.SVM_CLUSTER_LIMIT` rows); the saved
+    models, and the throughput measured with them, need no cluster.
+    """
     split, parts = load_parts(job)
     config = TrainConfig(features=pipeline.features, model=pipeline.model, tasks=pipeline.tasks,
                          params=pipeline.params, n_jobs=job.n_jobs, seed=job.seed)
-    results = train_tasks(parts, config, cache_dir=job.cache_dir, progress=job.progress)
+    with connect(job.scheduler) as client:
+        results = train_tasks(parts, config, cache_dir=job.cache_dir, progress=job.progress,
+                              client=client)
     out = prepare_output_dir(job.out, overwrite=True)
     save_results(out, results, config, {"manifest": str(job.split), "sha256": split.sha256,
                                         **{part: len(faces) for part, faces in parts.items()}})

@@ -1,7 +1,8 @@
 """Running on a Dask cluster (:mod:`pipelines.cluster`): a local cluster of two worker
 processes on the loopback interface gives the same features and XGBoost predictions as
 this machine, names the worker that cannot read a file, refuses a large SVM; without a
-scheduler Dask is never imported. Also the CNN's one-device ``tf.distribute`` path."""
+scheduler Dask is never imported; ``python -m benchmarks.run --scheduler`` gives the same
+figures as without. Also the CNN's one-device ``tf.distribute`` path."""
 from __future__ import annotations
 
 import json
@@ -15,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from benchmarks.run import main as benchmark_main
 from features import extract_features, make_extractor
 from features.io import map_image_chunks
 from models.xgboost_models import fit_on_cluster, make_xgboost
@@ -159,6 +161,60 @@ def test_run_on_the_cluster_matches_this_machine(address, faces, tmp_path) -> No
         here = joblib.load(tmp_path / "here" / f"{task}_model.joblib").predict(paths)
         there = joblib.load(tmp_path / "cluster" / f"{task}_model.joblib").predict(paths)
         np.testing.assert_allclose(there, here, atol=1e-4)
+
+
+#: One extractor x XGBoost, gender and age, on a --quick subset of 80 of 100 faces.
+BENCHMARK_CONFIG = {
+    "tasks": ["gender", "age"], "predict_sample": 4,
+    "extractors": {"hog": ["hog:32:gray:10"]},
+    # subsample=1: the cluster's model then equals this machine's (fit_on_cluster); PCA
+    # leaves fewer distinct values per column than XGBoost's 256 histogram bins
+    "models": {"xgboost": {"model": "xgboost",
+                           "params": {"n_estimators": 10, "max_depth": 2, "subsample": 1}}},
+    "quick": {"limit": 80},
+}
+_FIGURES = ("accuracy", "f1_macro", "mae", "rmse", "within_5", "gap_ethnicity", "gap_gender")
+
+
+def test_benchmark_on_the_cluster_matches_this_machine(address, face_paths, tmp_path) -> None:
+    paths = index_folder(Path(face_paths[0]).parent).paths
+    faces = link_faces(tmp_path / "faces", paths[::max(1, len(paths) // 100)][:100])
+    (tmp_path / "config.json").write_text(json.dumps(BENCHMARK_CONFIG))
+
+    def run(name: str, *extra: str) -> dict:
+        # a cache of its own: the cluster's run extracts its features on the workers
+        assert benchmark_main(["--quick", "--config", str(tmp_path / "config.json"),
+                               "--data", str(faces), "--split", str(tmp_path / "split.json"),
+                               "--out", str(tmp_path / name),
+                               "--cache-dir", str(tmp_path / f"cache-{name}"),
+                               "--n-jobs", "1", "--quiet", *extra]) == 0
+        return json.loads((tmp_path / name / "results.json").read_text())
+
+    here, there = run("here"), run("cluster", "--scheduler", address)
+    assert here["context"]["environment"]["scheduler"] is None
+    assert there["context"]["environment"]["scheduler"] == address
+    record = json.loads((tmp_path / "cluster" / "work" / "pipelines" / "hog-xgboost.json")
+                        .read_text())
+    assert record["status"] == "done" and record["scheduler"] == address
+    assert f"**Dask scheduler**: `{address}`" in (tmp_path / "cluster" / "RESULTS.md").read_text()
+    assert [(row["task"], row["status"]) for row in there["rows"]] == [
+        ("gender", "done"), ("age", "done")]
+    for local, remote in zip(here["rows"], there["rows"]):
+        assert remote["test_faces_sha256"] == local["test_faces_sha256"]
+        assert remote["n_test"] == local["n_test"] and remote["n_train"] == local["n_train"]
+        for figure in _FIGURES:     # regression predictions agree to 1e-4 (fit_on_cluster)
+            assert (remote[figure] is None) == (local[figure] is None), figure
+            if local[figure] is not None:
+                assert remote[figure] == pytest.approx(local[figure], abs=1e-4), figure
+
+
+def test_benchmark_cli_scheduler_option(capsys) -> None:
+    with pytest.raises(SystemExit):
+        benchmark_main(["--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "--scheduler ADDRESS" in help_text and "$DASK_SCHEDULER_ADDRESS" in help_text
+    assert "readable at the same path from every worker" in help_text
+    assert "CNN pipelines ignore it" in help_text
 
 
 def test_svm_is_refused_above_the_limit(address, faces, monkeypatch, caplog,
