@@ -70,14 +70,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     paths = list(paths[:: max(1, len(paths) // args.limit)][:args.limit])
     print(f"{platform.machine()}, {os.cpu_count()} cores; {len(paths)} faces, "
           f"128x128 gray, HOG + LBP, no cache; best of {args.repeat}")
-    rows, reference = [], None
+    # every joblib setup first: a closed LocalCluster's threads in this process would
+    # slow the joblib runs after it
+    joblib_runs = {workers: _best(paths, workers, args.repeat) for workers in args.workers}
+    reference = joblib_runs[args.workers[0]][1]
+    rows = []
     for workers in args.workers:
-        joblib_seconds, features = _best(paths, workers, args.repeat)
+        joblib_seconds, features = joblib_runs[workers]
         with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
                           host="127.0.0.1", dashboard_address=None) as cluster, \
                 connect(cluster.scheduler_address):
             dask_seconds, dask_features = _best(paths, workers, args.repeat)
-        reference = features if reference is None else reference
         for found in (features, dask_features):
             if not np.array_equal(found, reference):
                 raise RuntimeError("the setups extracted different features")
