@@ -185,3 +185,15 @@ def test_bad_arguments(workdir: Path, capsys) -> None:
     assert "unknown extractor" in capsys.readouterr().err
     assert main(["--data", str(workdir / "nowhere"), "--out", str(workdir / "none")]) == 2
     assert "not found" in capsys.readouterr().err
+
+
+def test_validation_scores_of_a_saved_run(run: Path, workdir: Path) -> None:
+    from benchmarks.validation_scores import validation_scores
+
+    split = Split.load(workdir / "split.json")
+    age = validation_scores(run, "age", cache_dir=workdir / "cache")
+    recorded = json.loads((run / "age_model.json").read_text())["validation"]
+    assert age["faces"] == len(split.val)
+    assert age["mae"] == pytest.approx(recorded["mae"], abs=1e-9)
+    gender = validation_scores(run, "gender", cache_dir=workdir / "cache")
+    assert 0 <= gender["accuracy"] <= 1 and gender["log_loss"] > 0
