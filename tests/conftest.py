@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import random
 from pathlib import Path
 
 import numpy as np
@@ -48,3 +49,9 @@ def link_faces(folder: Path, paths) -> Path:
     for path in paths:
         (folder / os.path.basename(path)).symlink_to(path)
     return folder
+
+
+def link_random_faces(folder: Path, data: Path, count: int, seed: int) -> Path:
+    """Make ``folder`` a folder of links to ``count`` faces of ``data``, drawn with ``seed``."""
+    names = random.Random(seed).sample(sorted(os.listdir(data)), count)
+    return link_faces(folder, [data / name for name in names])

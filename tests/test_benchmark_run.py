@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import random
 import signal
 import subprocess
 import sys
@@ -20,7 +18,7 @@ from benchmarks.report import COLUMNS
 from benchmarks.run import main, subset_split
 from pipelines.dataset import default_data_dir, index_folder
 from pipelines.splits import Split, load_or_create_split, names_sha256
-from tests.conftest import link_faces
+from tests.conftest import link_random_faces
 
 DATA = default_data_dir()
 REPO = Path(__file__).resolve().parent.parent
@@ -46,8 +44,7 @@ pytestmark = pytest.mark.skipif(not DATA.is_dir(), reason=f"no UTKFace folder at
 def workdir(tmp_path_factory) -> Path:
     """Links to 150 random faces, the tiny configuration, and room for results."""
     root = tmp_path_factory.mktemp("benchmark")
-    names = sorted(os.listdir(DATA))
-    link_faces(root / "faces", [DATA / name for name in random.Random(1).sample(names, SAMPLE)])
+    link_random_faces(root / "faces", DATA, SAMPLE, seed=1)
     (root / "config.json").write_text(json.dumps(CONFIG))
     return root
 

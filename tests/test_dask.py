@@ -208,10 +208,15 @@ def test_benchmark_on_the_cluster_matches_this_machine(address, face_paths, tmp_
                 assert remote[figure] == pytest.approx(local[figure], abs=1e-4), figure
 
 
-def test_benchmark_cli_scheduler_option(capsys) -> None:
+def _help_text(cli_main, capsys) -> str:
+    """The ``--help`` text of a command line, whitespace collapsed."""
     with pytest.raises(SystemExit):
-        benchmark_main(["--help"])
-    help_text = " ".join(capsys.readouterr().out.split())
+        cli_main(["--help"])
+    return " ".join(capsys.readouterr().out.split())
+
+
+def test_benchmark_cli_scheduler_option(capsys) -> None:
+    help_text = _help_text(benchmark_main, capsys)
     assert "--scheduler ADDRESS" in help_text and "$DASK_SCHEDULER_ADDRESS" in help_text
     assert "readable at the same path from every worker" in help_text
     assert "CNN pipelines ignore it" in help_text
@@ -254,9 +259,7 @@ def test_without_a_scheduler_dask_is_not_imported(faces, tmp_path) -> None:
 
 
 def test_cli_scheduler_option(capsys) -> None:
-    with pytest.raises(SystemExit):
-        main(["--help"])
-    help_text = " ".join(capsys.readouterr().out.split())
+    help_text = _help_text(main, capsys)
     assert "--scheduler ADDRESS" in help_text and "$DASK_SCHEDULER_ADDRESS" in help_text
     assert "readable at the same path from every worker" in help_text
     with pytest.raises(SystemExit):

@@ -3,8 +3,6 @@ saved pipelines used as a user would (paths, arrays, a bad file, a fresh process
 from __future__ import annotations
 
 import json
-import os
-import random
 import subprocess
 import sys
 from pathlib import Path
@@ -20,7 +18,7 @@ from pipelines.dataset import default_data_dir
 from pipelines.labels import AGE_GROUP_NAMES, GENDER_NAMES, TASKS
 from pipelines.run import main
 from pipelines.splits import Split
-from tests.conftest import link_faces
+from tests.conftest import link_random_faces
 
 DATA = default_data_dir()
 SAMPLE = 150
@@ -31,8 +29,7 @@ pytestmark = pytest.mark.skipif(not DATA.is_dir(), reason=f"no UTKFace folder at
 def workdir(tmp_path_factory) -> Path:
     """A folder of links to 150 random faces (no image is copied), and room for results."""
     root = tmp_path_factory.mktemp("run")
-    names = sorted(os.listdir(DATA))
-    link_faces(root / "faces", [DATA / name for name in random.Random(0).sample(names, SAMPLE)])
+    link_random_faces(root / "faces", DATA, SAMPLE, seed=0)
     return root
 
 
