@@ -114,12 +114,13 @@ def _interpolate_columns(padded32: np.ndarray, neighbour: _Neighbour, pad: int,
 
 
 def _neighbour_bits(chunk: np.ndarray, padded: np.ndarray, by_columns: np.ndarray,
-                    centre32: np.ndarray, neighbour: _Neighbour, pad: int,
-                    margin: float, out: np.ndarray) -> None:
+                    centre32: np.ndarray, neighbour: _Neighbour, pad: int, margin: float,
+                    out: np.ndarray, value: np.ndarray, scratch: np.ndarray) -> None:
     """Write scikit-image's ``neighbour >= centre`` for a chunk into ``out`` (n, H, W).
 
     ``by_columns`` is the chunk already sampled along columns (float32); the rows are
-    sampled here, then the pixels near a tie are settled exactly.
+    sampled here, then the pixels near a tie are settled exactly. ``value`` and
+    ``scratch`` are float32 buffers of the chunk's shape.
     """
     _, height, width = chunk.shape
     corners = neighbour.corners(padded, pad, height, width)
@@ -129,11 +130,11 @@ def _neighbour_bits(chunk: np.ndarray, padded: np.ndarray, by_columns: np.ndarra
     r0 = pad + neighbour.row_shift
     if neighbour.row_step:
         dr = np.float32(neighbour.frac_rows[0])
-        value = by_columns[:, r0:r0 + height] * (1 - dr)
-        value += by_columns[:, r0 + 1:r0 + 1 + height] * dr
+        np.multiply(by_columns[:, r0:r0 + height], 1 - dr, out=value)
+        value += np.multiply(by_columns[:, r0 + 1:r0 + 1 + height], dr, out=scratch)
         value -= centre32
     else:
-        value = by_columns[:, r0:r0 + height] - centre32
+        np.subtract(by_columns[:, r0:r0 + height], centre32, out=value)
     np.greater_equal(value, 0, out=out)
     close = np.abs(value, out=value) <= margin
     if neighbour.flat_bit is not None and chunk.dtype == np.uint8:
@@ -148,6 +149,49 @@ def _neighbour_bits(chunk: np.ndarray, padded: np.ndarray, by_columns: np.ndarra
     pixels = np.flatnonzero(close)
     if pixels.size:
         out.reshape(-1)[pixels] = _exact_bits(neighbour, padded, chunk, pad, pixels)
+
+
+def _chunk_codes(chunk: np.ndarray, neighbours: list[_Neighbour], pad: int) -> np.ndarray:
+    """Uniform codes of a chunk of (n, H, W) images: the number of neighbours at least
+    as bright as the centre where the bits, in circle order, change at most twice,
+    else ``P + 1``; counted neighbour by neighbour, never holding all P bit planes."""
+    n_points = len(neighbours)
+    height, width = chunk.shape[1:]
+    padded = np.pad(chunk, ((0, 0), (pad, pad), (pad, pad)))
+    padded32 = padded.astype(np.float32)
+    centre32 = padded32[:, pad:pad + height, pad:pad + width]
+    margin = _RELATIVE_MARGIN * max(1.0, float(np.abs(padded32).max()))
+    value, scratch = np.empty(chunk.shape, np.float32), np.empty(chunk.shape, np.float32)
+    bit, previous = np.empty(chunk.shape, bool), np.empty(chunk.shape, bool)
+    ones, changes = np.zeros(chunk.shape, np.uint8), np.zeros(chunk.shape, np.uint8)
+    by_columns = {}
+    for k, neighbour in enumerate(neighbours):
+        key = (neighbour.col_shift, neighbour.frac_cols[0])
+        if key not in by_columns:
+            by_columns[key] = _interpolate_columns(padded32, neighbour, pad, width)
+        _neighbour_bits(chunk, padded, by_columns[key], centre32, neighbour, pad, margin,
+                        bit, value, scratch)
+        ones += bit.view(np.uint8)
+        if k:
+            changes += np.not_equal(bit, previous, out=previous).view(np.uint8)
+        bit, previous = previous, bit
+    np.copyto(ones, n_points + 1, where=changes > 2)
+    return ones
+
+
+def _code_chunks(images: np.ndarray, n_points: int, radius: float):
+    """Yield ``(start, codes)`` of consecutive chunks of a batch (see :func:`lbp_codes`)."""
+    if n_points < 1 or radius <= 0:
+        raise ValueError(f"need n_points >= 1 and radius > 0, got {n_points} and {radius}")
+    if n_points > 254:
+        raise ValueError(f"need n_points <= 254, got {n_points}")
+    images = to_gray(as_image_batch(images))
+    height, width = images.shape[1:]
+    pad = int(np.ceil(radius)) + 1
+    neighbours = _neighbours(n_points, float(radius), height, width)
+    for start in range(0, len(images), _CHUNK):
+        yield start, _chunk_codes(np.ascontiguousarray(images[start:start + _CHUNK]),
+                                  neighbours, pad)
 
 
 def lbp_codes(images: np.ndarray, n_points: int = 8, radius: float = 1.0) -> np.ndarray:
@@ -168,31 +212,10 @@ def lbp_codes(images: np.ndarray, n_points: int = 8, radius: float = 1.0) -> np.
         Codes in ``0..P+1``, equal to
         ``skimage.feature.local_binary_pattern(images[i], P, R, "uniform")``.
     """
-    if n_points < 1 or radius <= 0:
-        raise ValueError(f"need n_points >= 1 and radius > 0, got {n_points} and {radius}")
-    images = to_gray(as_image_batch(images))
-    n_images, height, width = images.shape
-    pad = int(np.ceil(radius)) + 1
-    neighbours = _neighbours(n_points, float(radius), height, width)
-    codes = np.empty(images.shape, dtype=np.uint8)
-    for start in range(0, n_images, _CHUNK):
-        chunk = np.ascontiguousarray(images[start:start + _CHUNK])
-        padded = np.pad(chunk, ((0, 0), (pad, pad), (pad, pad)))
-        padded32 = padded.astype(np.float32)
-        centre32 = padded32[:, pad:pad + height, pad:pad + width]
-        margin = _RELATIVE_MARGIN * max(1.0, float(np.abs(padded32).max()))
-        by_columns = {}
-        bits = np.empty((n_points, *chunk.shape), dtype=bool)
-        for k, neighbour in enumerate(neighbours):
-            key = (neighbour.col_shift, neighbour.frac_cols[0])
-            if key not in by_columns:
-                by_columns[key] = _interpolate_columns(padded32, neighbour, pad, width)
-            _neighbour_bits(chunk, padded, by_columns[key], centre32, neighbour, pad, margin,
-                            bits[k])
-        ones = bits.sum(axis=0, dtype=np.uint8)
-        changes = (bits[1:] != bits[:-1]).sum(axis=0, dtype=np.uint8)
-        ones[changes > 2] = n_points + 1
-        codes[start:start + _CHUNK] = ones
+    images = as_image_batch(images)
+    codes = np.empty(images.shape[:3], dtype=np.uint8)
+    for start, chunk_codes in _code_chunks(images, n_points, radius):
+        codes[start:start + len(chunk_codes)] = chunk_codes
     return codes
 
 
@@ -223,16 +246,20 @@ def lbp_histograms(images: np.ndarray, n_points: int = 8, radius: float = 1.0,
     ndarray, shape (N, grid[0] * grid[1] * (n_points + 2))
         Per cell (row-major), the share of its pixels with each code ``0..P+1``.
     """
-    codes = lbp_codes(images, n_points, radius)
-    n_images, height, width = codes.shape
-    n_codes = n_points + 2
-    cell = (_cell_edges(height, grid[0])[:, None] * grid[1] + _cell_edges(width, grid[1]))
-    n_cells = grid[0] * grid[1]
-    flat = (np.arange(n_images)[:, None, None] * n_cells + cell) * n_codes + codes
-    counts = np.bincount(flat.ravel(), minlength=n_images * n_cells * n_codes)
-    counts = counts.reshape(n_images, n_cells, n_codes)
+    images = as_image_batch(images)
+    n_images, height, width = images.shape[:3]
+    n_codes, n_cells = n_points + 2, grid[0] * grid[1]
+    cell = _cell_edges(height, grid[0])[:, None] * grid[1] + _cell_edges(width, grid[1])
+    # bin of (image in chunk, cell, code) = slot + code
+    slot = ((np.arange(_CHUNK)[:, None, None] * n_cells + cell) * n_codes).astype(np.intp)
+    counts = np.empty((n_images, n_cells * n_codes), dtype=np.intp)
+    for start, codes in _code_chunks(images, n_points, radius):
+        n = len(codes)
+        counts[start:start + n] = np.bincount(
+            (slot[:n] + codes).ravel(), minlength=n * n_cells * n_codes).reshape(n, -1)
     pixels_per_cell = np.bincount(cell.ravel(), minlength=n_cells)
-    return (counts / pixels_per_cell[:, None]).reshape(n_images, -1).astype(dtype)
+    shares = counts.reshape(n_images, n_cells, n_codes) / pixels_per_cell[:, None]
+    return shares.reshape(n_images, -1).astype(dtype)
 
 
 class LBPFeatures(TransformerMixin, BaseEstimator):

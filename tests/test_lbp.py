@@ -62,9 +62,19 @@ def test_uneven_grid_covers_every_pixel() -> None:
     np.testing.assert_allclose(histograms.reshape(2, 12, 10).sum(axis=-1), 1, atol=1e-6)
 
 
+def test_batches_larger_than_a_chunk() -> None:
+    """Codes and histograms are computed in chunks of images; 37 spans three."""
+    images = np.random.default_rng(4).integers(0, 256, (37, 24, 20), dtype=np.uint8)
+    np.testing.assert_array_equal(lbp_codes(images), reference_codes(images, 8, 1))
+    one_by_one = np.vstack([lbp_histograms(image[None], grid=(2, 2)) for image in images])
+    np.testing.assert_array_equal(lbp_histograms(images, grid=(2, 2)), one_by_one)
+
+
 def test_argument_errors() -> None:
     with pytest.raises(ValueError, match="n_points"):
         lbp_codes(np.zeros((1, 8, 8), np.uint8), 0, 1)
+    with pytest.raises(ValueError, match="n_points <= 254"):
+        lbp_codes(np.zeros((1, 8, 8), np.uint8), 255, 1)
     with pytest.raises(ValueError, match="cells"):
         lbp_histograms(np.zeros((1, 8, 8), np.uint8), grid=(9, 2))
 
