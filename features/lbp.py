@@ -55,6 +55,12 @@ class _Neighbour:
     def on_grid(self) -> bool:
         return not (self.row_step or self.col_step)
 
+    @property
+    def reads_centre(self) -> bool:
+        """Whether the centre pixel is one of the source pixels."""
+        return (self.row_shift <= 0 <= self.row_shift + self.row_step
+                and self.col_shift <= 0 <= self.col_shift + self.col_step)
+
     def _flat_outcome(self) -> bool | None:
         """scikit-image's bit where all source pixels equal the centre, for 8-bit grey
         levels: True or False when the same at every pixel and level, else None."""
@@ -100,6 +106,16 @@ def _exact_bits(neighbour: _Neighbour, padded: np.ndarray, chunk: np.ndarray, pa
     return (1 - dr) * top + dr * bottom >= chunk.reshape(-1)[pixels].astype(np.float64)
 
 
+def _equal_pixels(padded: np.ndarray) -> dict[tuple[int, int], np.ndarray]:
+    """Where a padded chunk's pixel equals the pixel to its right, the pixel below, and
+    every pixel of the 2x2 block it starts, keyed by a neighbour's (row_step, col_step)."""
+    right = padded[:, :, :-1] == padded[:, :, 1:]
+    below = padded[:, :-1] == padded[:, 1:]
+    block = right[:, :-1] & right[:, 1:]
+    block &= below[:, :, :-1]
+    return {(0, 1): right, (1, 0): below, (1, 1): block}
+
+
 def _interpolate_columns(padded32: np.ndarray, neighbour: _Neighbour, pad: int,
                          width: int) -> np.ndarray:
     """float32 sampling along columns over every padded row, (n, H + 2 pad, W)."""
@@ -114,13 +130,15 @@ def _interpolate_columns(padded32: np.ndarray, neighbour: _Neighbour, pad: int,
 
 
 def _neighbour_bits(chunk: np.ndarray, padded: np.ndarray, by_columns: np.ndarray,
-                    centre32: np.ndarray, neighbour: _Neighbour, pad: int, margin: float,
-                    out: np.ndarray, value: np.ndarray, scratch: np.ndarray) -> None:
+                    centre32: np.ndarray, equal: dict | None, neighbour: _Neighbour,
+                    pad: int, margin: float, out: np.ndarray, value: np.ndarray,
+                    scratch: np.ndarray) -> None:
     """Write scikit-image's ``neighbour >= centre`` for a chunk into ``out`` (n, H, W).
 
     ``by_columns`` is the chunk already sampled along columns (float32); the rows are
-    sampled here, then the pixels near a tie are settled exactly. ``value`` and
-    ``scratch`` are float32 buffers of the chunk's shape.
+    sampled here, then the pixels near a tie are settled exactly, in flat areas with
+    ``equal`` (:func:`_equal_pixels`, 8-bit images only). ``value`` and ``scratch``
+    are float32 buffers of the chunk's shape.
     """
     _, height, width = chunk.shape
     corners = neighbour.corners(padded, pad, height, width)
@@ -137,10 +155,11 @@ def _neighbour_bits(chunk: np.ndarray, padded: np.ndarray, by_columns: np.ndarra
         np.subtract(by_columns[:, r0:r0 + height], centre32, out=value)
     np.greater_equal(value, 0, out=out)
     close = np.abs(value, out=value) <= margin
-    if neighbour.flat_bit is not None and chunk.dtype == np.uint8:
-        flat = corners[0] == chunk
-        for corner in corners[1:]:
-            flat &= corner == chunk
+    if equal is not None and neighbour.flat_bit is not None:
+        c0 = pad + neighbour.col_shift
+        flat = equal[neighbour.row_step, neighbour.col_step][:, r0:r0 + height, c0:c0 + width]
+        if not neighbour.reads_centre:
+            flat = flat & (corners[0] == chunk)
         if neighbour.flat_bit:
             out |= flat
         else:
@@ -164,13 +183,14 @@ def _chunk_codes(chunk: np.ndarray, neighbours: list[_Neighbour], pad: int) -> n
     value, scratch = np.empty(chunk.shape, np.float32), np.empty(chunk.shape, np.float32)
     bit, previous = np.empty(chunk.shape, bool), np.empty(chunk.shape, bool)
     ones, changes = np.zeros(chunk.shape, np.uint8), np.zeros(chunk.shape, np.uint8)
+    equal = _equal_pixels(padded) if chunk.dtype == np.uint8 else None
     by_columns = {}
     for k, neighbour in enumerate(neighbours):
         key = (neighbour.col_shift, neighbour.frac_cols[0])
         if key not in by_columns:
             by_columns[key] = _interpolate_columns(padded32, neighbour, pad, width)
-        _neighbour_bits(chunk, padded, by_columns[key], centre32, neighbour, pad, margin,
-                        bit, value, scratch)
+        _neighbour_bits(chunk, padded, by_columns[key], centre32, equal, neighbour, pad,
+                        margin, bit, value, scratch)
         ones += bit.view(np.uint8)
         if k:
             changes += np.not_equal(bit, previous, out=previous).view(np.uint8)
