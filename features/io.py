@@ -275,11 +275,11 @@ def map_image_chunks(paths: Sequence[str | os.PathLike], size: tuple[int, int] =
     starts = range(0, len(paths), chunk_size)
     tasks = (delayed(_load_chunk)(paths[s:s + chunk_size], size, color, transform)
              for s in starts)
-    rows, kept, failures = [], [], []
+    rows, kept, failures = _RowCollector(len(paths)), [], []
     with tqdm(total=len(paths), desc=description, unit="img", disable=not progress) as bar:
         for start, (batch, positions, chunk_failures) in zip(
                 starts, Parallel(n_jobs=n_jobs, return_as="generator")(tasks)):
-            rows.append(batch)
+            rows.add(batch)
             kept.append(positions + start)
             failures.extend(chunk_failures)
             bar.update(len(positions) + len(chunk_failures))
@@ -287,10 +287,29 @@ def map_image_chunks(paths: Sequence[str | os.PathLike], size: tuple[int, int] =
         logger.warning("skipped %d of %d images: %s", len(failures), len(paths),
                        "; ".join(f"{p} ({r})" for p, r in failures[:10])
                        + (" ..." if len(failures) > 10 else ""))
-    non_empty = [r for r in rows if len(r)]
-    rows = (np.concatenate(non_empty) if non_empty
-            else np.empty((0, *size, _check_color(color)), dtype=np.uint8))
-    return LoadReport(rows, np.concatenate(kept) if kept else np.empty(0, np.int64), failures)
+    images = rows.result(np.empty((0, *size, _check_color(color)), dtype=np.uint8))
+    return LoadReport(images, np.concatenate(kept) if kept else np.empty(0, np.int64), failures)
+
+
+class _RowCollector:
+    """Rows of consecutive batches gathered in one array allocated for every input, so
+    that the batches are copied once and never held twice."""
+
+    def __init__(self, capacity: int):
+        self.capacity, self.filled, self.rows = capacity, 0, None
+
+    def add(self, batch: np.ndarray) -> None:
+        if not len(batch):
+            return
+        if self.rows is None:
+            self.rows = np.empty((self.capacity, *batch.shape[1:]), dtype=batch.dtype)
+        self.rows[self.filled:self.filled + len(batch)] = batch
+        self.filled += len(batch)
+
+    def result(self, empty: np.ndarray) -> np.ndarray:
+        """The rows added (a view: skipped inputs leave unused rows at the end), or
+        ``empty`` when there were none."""
+        return empty if self.rows is None else self.rows[:self.filled]
 
 
 def load_images(paths: Iterable[str | os.PathLike], size: tuple[int, int] = DEFAULT_SIZE,
