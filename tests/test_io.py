@@ -9,7 +9,8 @@ import pytest
 from PIL import Image
 
 from features import io as image_io
-from features.io import ImageLoadError, image_from_array, load_image, load_images
+from features.io import (ImageLoadError, image_from_array, load_image, load_images,
+                         map_image_chunks)
 from features.loader import ImageLoader
 
 
@@ -62,6 +63,18 @@ def test_batch_skips_and_reports_bad_files_keeping_order(bad_files, caplog, n_jo
     assert [path for path, _ in report.failures] == [
         bad_files[name] for name in ("truncated", "empty", "text", "missing")]
     assert "skipped 4 of 7 images" in caplog.text
+
+
+def test_rows_of_chunks_stay_aligned_with_their_files(bad_files, face_paths) -> None:
+    """Chunks of two files, one wholly unreadable and the last ending on a bad file:
+    every transformed row is the one of its own file."""
+    paths = [face_paths[0], bad_files["text"], bad_files["empty"], bad_files["missing"],
+             face_paths[1], face_paths[2], face_paths[3], bad_files["truncated"]]
+    report = map_image_chunks(paths, size=(24, 24), transform=lambda batch: batch.reshape(
+        len(batch), -1).astype(np.float32), chunk_size=2, progress=False)
+    assert report.kept.tolist() == [0, 4, 5, 6]
+    expected = np.stack([load_image(paths[i], size=(24, 24)).ravel() for i in report.kept])
+    np.testing.assert_array_equal(report.images, expected.astype(np.float32))
 
 
 def test_all_bad_gives_empty_batch(bad_files) -> None:
