@@ -24,7 +24,8 @@ COLUMNS: tuple[str, ...] = (
     "pipeline", "task", "status", "kind", "extractor", "model", "accuracy", "f1_macro", "mae",
     "rmse", "within_5", "gap_ethnicity", "worst_ethnicity", "gap_gender", "worst_gender",
     "extract_s", "extract_cached", "fit_s", "pipeline_s", "predict_faces_per_s",
-    "model_bytes", "n_train", "n_test", "test_faces_sha256", "error")
+    "model_bytes", "n_train", "n_test", "test_faces_sha256", "epochs_run", "best_epoch",
+    "train_images_per_s", "error")
 _FIGURES = ("accuracy", "f1_macro", "mae", "rmse", "within_5", "gap_ethnicity",
             "worst_ethnicity", "gap_gender", "worst_gender", "fit_s", "predict_faces_per_s",
             "model_bytes", "n_train", "n_test", "test_faces_sha256")
@@ -68,6 +69,10 @@ def table_rows(pipelines: Sequence[ClassicalPipeline | CNNPipeline],
                 model=pipeline.model if classical else f"cnn:{pipeline.architecture}",
                 pipeline_s=record.get("seconds") if record.get("status") == "done" else None,
                 **{key: figures.get(key) for key in _FIGURES})
+            if not classical and record.get("status") == "done":
+                row.update(epochs_run=record.get("epochs_run"),
+                           best_epoch=record.get("best_epoch"),
+                           train_images_per_s=record.get("train_images_per_second"))
             if extraction and record.get("status") == "done":
                 row["extract_s"] = extraction["extract_s"]
                 cached = extraction["cached_calls"]
@@ -169,6 +174,9 @@ def _note(row: Mapping[str, Any], context: Mapping[str, Any]) -> str:
         notes.append(f"scored {row['n_test']:,} of {context['split']['test']:,} test faces")
     if row["kind"] == "cnn":
         notes.append("fit: whole network, all heads")
+        if row["epochs_run"] is not None:
+            notes.append(f"{row['epochs_run']} epochs (best {row['best_epoch']}), "
+                         f"{row['train_images_per_s']:.0f} training faces/s")
     return "; ".join(notes)
 
 
@@ -265,7 +273,9 @@ def markdown(rows: Sequence[Mapping[str, Any]], context: Mapping[str, Any],
         "validation and test faces, shared by the models of an extractor († read from the "
         "feature cache, extracted before this run; ‡ partly); CNNs decode faces as they "
         "train. **Fit s**: fitting the task's model on the extracted features (classical), "
-        "or training the whole network, all heads and validation passes included (CNN). "
+        "or training the whole network, all heads and validation passes included (CNN; "
+        "the note gives the epochs run, the best epoch by validation loss, and training "
+        "faces times epochs over that time). "
         "**Predict faces/s**: the saved model predicting from image files to labels, end "
         f"to end in one process, on the first {context['predict_sample']:,} test faces "
         "(features of each face and of its mirror image for the classical models; one pass "
