@@ -71,14 +71,11 @@ class _Neighbour:
         bits = (1 - dr) * top + dr * top >= level
         return bool(bits.flat[0]) if (bits == bits.flat[0]).all() else None
 
-    def corners(self, padded: np.ndarray, pad: int, height: int, width: int) -> list:
-        """Views of the source pixels for every pixel of a padded chunk."""
-        views = []
-        for dr in {0, self.row_step}:
-            for dc in {0, self.col_step}:
-                r0, c0 = pad + self.row_shift + dr, pad + self.col_shift + dc
-                views.append(padded[:, r0:r0 + height, c0:c0 + width])
-        return views
+    def top_left(self, padded: np.ndarray, pad: int, height: int, width: int) -> np.ndarray:
+        """View of the first source pixel (the only one on the grid) of every pixel of a
+        padded chunk."""
+        r0, c0 = pad + self.row_shift, pad + self.col_shift
+        return padded[:, r0:r0 + height, c0:c0 + width]
 
 
 @lru_cache(maxsize=16)
@@ -141,9 +138,9 @@ def _neighbour_bits(chunk: np.ndarray, padded: np.ndarray, by_columns: np.ndarra
     are float32 buffers of the chunk's shape.
     """
     _, height, width = chunk.shape
-    corners = neighbour.corners(padded, pad, height, width)
+    source = neighbour.top_left(padded, pad, height, width)
     if neighbour.on_grid:
-        np.greater_equal(corners[0], chunk, out=out)
+        np.greater_equal(source, chunk, out=out)
         return
     r0 = pad + neighbour.row_shift
     if neighbour.row_step:
@@ -159,7 +156,7 @@ def _neighbour_bits(chunk: np.ndarray, padded: np.ndarray, by_columns: np.ndarra
         c0 = pad + neighbour.col_shift
         flat = equal[neighbour.row_step, neighbour.col_step][:, r0:r0 + height, c0:c0 + width]
         if not neighbour.reads_centre:
-            flat = flat & (corners[0] == chunk)
+            flat = flat & (source == chunk)
         if neighbour.flat_bit:
             out |= flat
         else:
