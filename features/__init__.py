@@ -4,7 +4,7 @@ Imports numpy, Pillow, scikit-image, scikit-learn and joblib; dlib only when fac
 descriptors are computed (the optional ``[embeddings]`` extra); never tensorflow.
 """
 from features.embeddings import DlibFaceDescriptor
-from features.extract import EXTRACTORS, extract_features, file_stamps, make_extractor
+from features.extract import EXTRACTORS, extract_features, file_digests, make_extractor
 from features.hog import HOGFeatures, hog_batch
 from features.io import (ImageLoadError, LoadReport, image_from_array, load_image,
                          load_images, map_image_chunks)
@@ -14,7 +14,7 @@ from features.pixels import PixelFeatures, eigenfaces
 
 __all__ = [
     "DlibFaceDescriptor", "EXTRACTORS", "HOGFeatures", "ImageLoadError", "ImageLoader", "LBPFeatures", "LoadReport",
-    "PixelFeatures", "eigenfaces", "extract_features", "file_stamps", "hog_batch",
+    "PixelFeatures", "eigenfaces", "extract_features", "file_digests", "hog_batch",
     "image_from_array", "lbp_codes", "lbp_histograms", "load_image", "load_images",
     "make_extractor", "map_image_chunks",
 ]

@@ -1,6 +1,7 @@
 """Named extractors, and extraction over many files: parallel, reported, cached on disk."""
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from pathlib import Path
@@ -40,24 +41,26 @@ def make_extractor(name: str):
     return clone(EXTRACTORS[name])
 
 
-def file_stamps(paths: Sequence[str]) -> list[tuple[int, int]]:
-    """(size, modification time in ns) of each file; (-1, -1) for a missing file.
+def file_digests(paths: Sequence[str]) -> list[str]:
+    """SHA-1 of each file's bytes; ``""`` for a file that cannot be read.
 
-    Part of the cache key, so that a changed, replaced or deleted image is read again.
+    Part of the cache key, so that a changed, replaced or deleted image is read again
+    while a copy or a fresh download of the same images (new modification times)
+    is not. Hashing the 19,010 UTKFace files takes about half a second.
     """
-    stamps = []
+    digests = []
     for path in paths:
         try:
-            stat = os.stat(path)
-            stamps.append((stat.st_size, stat.st_mtime_ns))
+            with open(path, "rb") as file:
+                digests.append(hashlib.file_digest(file, "sha1").hexdigest())
         except OSError:
-            stamps.append((-1, -1))
-    return stamps
+            digests.append("")
+    return digests
 
 
-def _extract(paths: list[str], stamps: list[tuple[int, int]], extractor, size: tuple[int, int],
+def _extract(paths: list[str], digests: list[str], extractor, size: tuple[int, int],
              color: str, n_jobs: int, progress: bool) -> LoadReport:
-    """Cached unit of work; ``stamps`` only takes part in the cache key."""
+    """Cached unit of work; ``digests`` only takes part in the cache key."""
     return map_image_chunks(paths, size, color, extractor.transform, n_jobs,
                             progress=progress, description=f"extracting {type(extractor).__name__}")
 
@@ -80,10 +83,10 @@ def extract_features(paths: Sequence[str | os.PathLike], extractor, *,
     n_jobs : int
         Worker processes.
     cache_dir : path-like, optional
-        Folder of a joblib on-disk cache. The key is the paths, each file's size and
-        modification time, the extractor's parameters, size and colour: the same
-        files with the same settings are read from disk, and a changed image or
-        setting extracts again.
+        Folder of a joblib on-disk cache. The key is the paths, the SHA-1 of each
+        file's contents, the extractor's parameters, size and colour: the same files
+        with the same settings are read from disk, and a changed image or setting
+        extracts again.
     progress : bool
         Show a progress bar.
 
@@ -98,4 +101,4 @@ def extract_features(paths: Sequence[str | os.PathLike], extractor, *,
         return _extract(paths, None, extractor, size, color, n_jobs, progress)
     memory = Memory(Path(cache_dir), verbose=0)
     cached = memory.cache(_extract, ignore=["n_jobs", "progress"])
-    return cached(paths, file_stamps(paths), extractor, tuple(size), color, n_jobs, progress)
+    return cached(paths, file_digests(paths), extractor, tuple(size), color, n_jobs, progress)

@@ -43,6 +43,10 @@ def test_cache_hits_and_invalidation(tmp_path, face_paths, counted_extraction) -
     extract_features(paths, HOGFeatures(), size=(64, 64), cache_dir=cache, progress=False)
     assert len(counted_extraction) == 3  # settings changed
 
+    os.utime(paths[1], ns=(0, 0))  # same contents, new modification time: still cached
+    extract_features(paths, HOGFeatures(), cache_dir=cache, progress=False)
+    assert len(counted_extraction) == 3
+
     shutil.copy(face_paths[10], paths[0])  # an image replaced under the same name
     changed = extract_features(paths, HOGFeatures(), cache_dir=cache, progress=False)
     assert len(counted_extraction) == 4
