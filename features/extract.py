@@ -23,6 +23,7 @@ EXTRACTORS = {
     "pixels": PixelFeatures(),
     "hog": HOGFeatures(),
     "lbp": LBPFeatures(),
+    "lbp-nri": LBPFeatures(method="nri_uniform"),
     "hog+lbp": FeatureUnion([("hog", HOGFeatures()), ("lbp", LBPFeatures())]),
     # dlib is imported by fit/transform only; extract with size=(200, 200), color="rgb"
     "dlib": DlibFaceDescriptor(),
@@ -30,8 +31,9 @@ EXTRACTORS = {
 
 
 def make_extractor(name: str):
-    """A fresh stateless extractor by name: ``pixels``, ``hog``, ``lbp``, ``hog+lbp`` or
-    ``dlib`` (pretrained face descriptors, :mod:`features.embeddings`).
+    """A fresh stateless extractor by name: ``pixels``, ``hog``, ``lbp`` (rotation
+    invariant uniform codes), ``lbp-nri`` (uniform codes that keep their orientation),
+    ``hog+lbp`` or ``dlib`` (pretrained face descriptors, :mod:`features.embeddings`).
 
     Learnt steps such as PCA belong to the model pipeline after these (see
     :func:`features.pixels.eigenfaces`).

@@ -1,7 +1,11 @@
 """Uniform local binary patterns over a whole batch, histogrammed over a grid of cells.
 
-The codes equal ``skimage.feature.local_binary_pattern(image, P, R, "uniform")``
-bit for bit. scikit-image samples each circular neighbour by bilinear interpolation
+Two kinds of uniform codes (at most two changes between consecutive neighbours):
+``"uniform"``, rotation invariant, the number of bright neighbours (``P + 2`` codes), and
+``"nri_uniform"``, which also keeps where the bright arc lies (``P (P - 1) + 3`` codes,
+59 for ``P = 8``: the ``u2`` histograms of Ahonen et al.'s face descriptor, which keep
+the orientation of edges and corners). The codes equal
+``skimage.feature.local_binary_pattern(image, P, R, method)`` bit for bit. scikit-image samples each circular neighbour by bilinear interpolation
 in float64 and compares it with the centre; where a neighbour is a weighted mix of
 pixels that equals the centre, float64 rounding decides the bit, so it must be
 reproduced exactly. Here the interpolation runs in float32 over the whole batch;
@@ -167,10 +171,10 @@ def _neighbour_bits(chunk: np.ndarray, padded: np.ndarray, by_columns: np.ndarra
         out.reshape(-1)[pixels] = _exact_bits(neighbour, padded, chunk, pad, pixels)
 
 
-def _chunk_codes(chunk: np.ndarray, neighbours: list[_Neighbour], pad: int) -> np.ndarray:
-    """Uniform codes of a chunk of (n, H, W) images: the number of neighbours at least
-    as bright as the centre where the bits, in circle order, change at most twice,
-    else ``P + 1``; counted neighbour by neighbour, never holding all P bit planes."""
+def _chunk_codes(chunk: np.ndarray, neighbours: list[_Neighbour], pad: int,
+                 method: str) -> np.ndarray:
+    """LBP codes of a chunk of (n, H, W) images, counted neighbour by neighbour, never
+    holding all P bit planes (see :func:`lbp_codes`)."""
     n_points = len(neighbours)
     height, width = chunk.shape[1:]
     padded = np.pad(chunk, ((0, 0), (pad, pad), (pad, pad)))
@@ -180,6 +184,8 @@ def _chunk_codes(chunk: np.ndarray, neighbours: list[_Neighbour], pad: int) -> n
     value, scratch = np.empty(chunk.shape, np.float32), np.empty(chunk.shape, np.float32)
     bit, previous = np.empty(chunk.shape, bool), np.empty(chunk.shape, bool)
     ones, changes = np.zeros(chunk.shape, np.uint8), np.zeros(chunk.shape, np.uint8)
+    # nri_uniform: the first bit and the length of the first run of equal bits
+    first_bit, first_run = None, np.ones(chunk.shape, np.uint8)
     equal = _equal_pixels(padded) if chunk.dtype == np.uint8 else None
     by_columns = {}
     for k, neighbour in enumerate(neighbours):
@@ -191,13 +197,51 @@ def _chunk_codes(chunk: np.ndarray, neighbours: list[_Neighbour], pad: int) -> n
         ones += bit.view(np.uint8)
         if k:
             changes += np.not_equal(bit, previous, out=previous).view(np.uint8)
+            if method == "nri_uniform":
+                first_run += (changes == 0).view(np.uint8)
+        elif method == "nri_uniform":
+            first_bit = bit.copy()
         bit, previous = previous, bit
-    np.copyto(ones, n_points + 1, where=changes > 2)
-    return ones
+    if method == "uniform":
+        np.copyto(ones, n_points + 1, where=changes > 2)
+        return ones
+    return _nri_codes(ones, changes, first_bit, first_run, n_points)
 
 
-def _code_chunks(images: np.ndarray, n_points: int, radius: float):
+def _nri_codes(ones: np.ndarray, changes: np.ndarray, first_bit: np.ndarray,
+               first_run: np.ndarray, n_points: int) -> np.ndarray:
+    """scikit-image's ``nri_uniform`` codes from the number of bright neighbours, the
+    changes between consecutive neighbours, the first neighbour's bit and the length of
+    the first run: 0 all dark, ``P (P - 1) + 1`` all bright, ``P (P - 1) + 2`` not
+    uniform, else ``1 + (ones - 1) P + rotation`` with the rotation ``P - first_run``
+    (a bright arc after ``first_run`` dark neighbours) or ``ones - first_run`` (an arc
+    that wraps around the first neighbour)."""
+    ones = ones.astype(np.uint16)
+    first_run = first_run.astype(np.uint16)
+    rotation = np.where(first_bit, ones - first_run, n_points - first_run)
+    codes = 1 + (ones - 1) * n_points + rotation
+    codes[ones == 0] = 0
+    codes[ones == n_points] = n_points * (n_points - 1) + 1
+    codes[changes > 2] = n_points * (n_points - 1) + 2
+    return codes.astype(_code_dtype(n_points, "nri_uniform"), copy=False)
+
+
+def _n_codes(n_points: int, method: str) -> int:
+    """Number of distinct codes of a method."""
+    return n_points + 2 if method == "uniform" else n_points * (n_points - 1) + 3
+
+
+def _code_dtype(n_points: int, method: str) -> type:
+    return np.uint8 if _n_codes(n_points, method) <= 256 else np.uint16
+
+
+METHODS = ("uniform", "nri_uniform")
+
+
+def _code_chunks(images: np.ndarray, n_points: int, radius: float, method: str):
     """Yield ``(start, codes)`` of consecutive chunks of a batch (see :func:`lbp_codes`)."""
+    if method not in METHODS:
+        raise ValueError(f"unknown LBP method {method!r}; choose from {METHODS}")
     if n_points < 1 or radius <= 0:
         raise ValueError(f"need n_points >= 1 and radius > 0, got {n_points} and {radius}")
     if n_points > 254:
@@ -208,10 +252,11 @@ def _code_chunks(images: np.ndarray, n_points: int, radius: float):
     neighbours = _neighbours(n_points, float(radius), height, width)
     for start in range(0, len(images), _CHUNK):
         yield start, _chunk_codes(np.ascontiguousarray(images[start:start + _CHUNK]),
-                                  neighbours, pad)
+                                  neighbours, pad, method)
 
 
-def lbp_codes(images: np.ndarray, n_points: int = 8, radius: float = 1.0) -> np.ndarray:
+def lbp_codes(images: np.ndarray, n_points: int = 8, radius: float = 1.0,
+              method: str = "uniform") -> np.ndarray:
     """Uniform LBP codes of a batch of grayscale images.
 
     Parameters
@@ -222,16 +267,18 @@ def lbp_codes(images: np.ndarray, n_points: int = 8, radius: float = 1.0) -> np.
         Number of circular neighbours ``P``.
     radius : float
         Radius ``R`` of the circle.
+    method : {"uniform", "nri_uniform"}
+        Rotation invariant uniform codes ``0..P+1``, or the non rotation invariant ones
+        ``0..P(P-1)+2`` (see the module docstring).
 
     Returns
     -------
-    ndarray of uint8, shape (N, H, W)
-        Codes in ``0..P+1``, equal to
-        ``skimage.feature.local_binary_pattern(images[i], P, R, "uniform")``.
+    ndarray of uint8 (uint16 above 256 codes), shape (N, H, W)
+        Codes equal to ``skimage.feature.local_binary_pattern(images[i], P, R, method)``.
     """
     images = as_image_batch(images)
-    codes = np.empty(images.shape[:3], dtype=np.uint8)
-    for start, chunk_codes in _code_chunks(images, n_points, radius):
+    codes = np.empty(images.shape[:3], dtype=_code_dtype(n_points, method))
+    for start, chunk_codes in _code_chunks(images, n_points, radius, method):
         codes[start:start + len(chunk_codes)] = chunk_codes
     return codes
 
@@ -244,7 +291,8 @@ def _cell_edges(size: int, n_cells: int) -> np.ndarray:
 
 
 def lbp_histograms(images: np.ndarray, n_points: int = 8, radius: float = 1.0,
-                   grid: tuple[int, int] = (8, 8), dtype: np.dtype = np.float32) -> np.ndarray:
+                   grid: tuple[int, int] = (8, 8), dtype: np.dtype = np.float32,
+                   method: str = "uniform") -> np.ndarray:
     """Histograms of uniform LBP codes over a grid of cells, each summing to 1.
 
     Parameters
@@ -257,20 +305,23 @@ def lbp_histograms(images: np.ndarray, n_points: int = 8, radius: float = 1.0,
         Number of cells along rows and columns; pixels are split into near-equal cells.
     dtype : dtype
         Output type.
+    method : {"uniform", "nri_uniform"}
+        Which codes (see :func:`lbp_codes`).
 
     Returns
     -------
-    ndarray, shape (N, grid[0] * grid[1] * (n_points + 2))
-        Per cell (row-major), the share of its pixels with each code ``0..P+1``.
+    ndarray, shape (N, grid[0] * grid[1] * n_codes)
+        Per cell (row-major), the share of its pixels with each code; ``n_codes`` is
+        ``P + 2`` (uniform) or ``P (P - 1) + 3`` (nri_uniform).
     """
     images = as_image_batch(images)
     n_images, height, width = images.shape[:3]
-    n_codes, n_cells = n_points + 2, grid[0] * grid[1]
+    n_codes, n_cells = _n_codes(n_points, method), grid[0] * grid[1]
     cell = _cell_edges(height, grid[0])[:, None] * grid[1] + _cell_edges(width, grid[1])
     # bin of (image in chunk, cell, code) = slot + code
     slot = ((np.arange(_CHUNK)[:, None, None] * n_cells + cell) * n_codes).astype(np.intp)
     counts = np.empty((n_images, n_cells * n_codes), dtype=np.intp)
-    for start, codes in _code_chunks(images, n_points, radius):
+    for start, codes in _code_chunks(images, n_points, radius, method):
         n = len(codes)
         counts[start:start + n] = np.bincount(
             (slot[:n] + codes).ravel(), minlength=n * n_cells * n_codes).reshape(n, -1)
@@ -290,12 +341,16 @@ class LBPFeatures(TransformerMixin, BaseEstimator):
         Radius ``R``.
     grid : tuple of int
         Cells along rows and columns.
+    method : {"uniform", "nri_uniform"}
+        Rotation invariant uniform codes (``P + 2`` per cell) or not (``P (P - 1) + 3``).
     """
 
-    def __init__(self, n_points: int = 8, radius: float = 1.0, grid: tuple[int, int] = (8, 8)):
+    def __init__(self, n_points: int = 8, radius: float = 1.0, grid: tuple[int, int] = (8, 8),
+                 method: str = "uniform"):
         self.n_points = n_points
         self.radius = radius
         self.grid = grid
+        self.method = method
 
     def fit(self, X, y=None):
         """Stateless: nothing is learnt."""
@@ -303,7 +358,8 @@ class LBPFeatures(TransformerMixin, BaseEstimator):
 
     def transform(self, X) -> np.ndarray:
         """LBP histograms of images ``X`` (N, H, W[, C]), float32."""
-        return lbp_histograms(X, self.n_points, self.radius, tuple(self.grid))
+        return lbp_histograms(X, self.n_points, self.radius, tuple(self.grid),
+                              method=self.method)
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

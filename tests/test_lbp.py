@@ -1,4 +1,4 @@
-"""Batched uniform LBP against skimage.feature.local_binary_pattern."""
+"""Batched uniform LBP (both methods) against skimage.feature.local_binary_pattern."""
 from __future__ import annotations
 
 import warnings
@@ -15,11 +15,12 @@ from features.lbp import LBPFeatures, lbp_codes, lbp_histograms
 NEIGHBOURHOODS = [(8, 1), (16, 2), (8, 1.5), (24, 3), (4, 1)]
 
 
-def reference_codes(images: np.ndarray, n_points: int, radius: float) -> np.ndarray:
+def reference_codes(images: np.ndarray, n_points: int, radius: float,
+                    method: str = "uniform") -> np.ndarray:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # skimage warns on float images
-        return np.stack([local_binary_pattern(image, n_points, radius, "uniform")
-                         for image in images]).astype(np.uint8)
+        return np.stack([local_binary_pattern(image, n_points, radius, method)
+                         for image in images]).astype(np.uint16)
 
 
 def tie_heavy_images() -> np.ndarray:
@@ -31,13 +32,21 @@ def tie_heavy_images() -> np.ndarray:
     return images
 
 
+@pytest.mark.parametrize("method", ["uniform", "nri_uniform"])
 @pytest.mark.parametrize("n_points,radius", NEIGHBOURHOODS)
-def test_codes_identical_to_skimage(n_points, radius, face_images) -> None:
+def test_codes_identical_to_skimage(n_points, radius, method, face_images) -> None:
     rng = np.random.default_rng(0)
     for images in (face_images[:8, ..., 0], rng.integers(0, 256, (4, 37, 41), dtype=np.uint8),
                    tie_heavy_images()):
-        np.testing.assert_array_equal(lbp_codes(images, n_points, radius),
-                                      reference_codes(images, n_points, radius))
+        np.testing.assert_array_equal(lbp_codes(images, n_points, radius, method),
+                                      reference_codes(images, n_points, radius, method))
+
+
+def test_code_types_hold_every_code() -> None:
+    images = np.random.default_rng(5).integers(0, 256, (2, 20, 20), dtype=np.uint8)
+    assert lbp_codes(images, 16, 2, "nri_uniform").dtype == np.uint8    # 243 codes
+    codes = lbp_codes(images, 24, 3, "nri_uniform")                     # 555 codes
+    assert codes.dtype == np.uint16 and codes.max() > 255
 
 
 def test_float_images_identical_to_skimage() -> None:
@@ -54,6 +63,16 @@ def test_histograms_match_per_cell_numpy_histogram(face_images) -> None:
         cells = [codes[r:r + 32, c:c + 32] for r in range(0, 128, 32) for c in range(0, 128, 32)]
         expected = [np.histogram(cell, bins=10, range=(0, 10))[0] / cell.size for cell in cells]
         np.testing.assert_allclose(features, expected, atol=1e-7)
+
+
+def test_nri_histograms_have_one_bin_per_code(face_images) -> None:
+    faces = face_images[:3, ..., 0]
+    histograms = LBPFeatures(grid=(2, 2), method="nri_uniform").transform(faces)
+    assert histograms.shape == (3, 4 * 59)
+    codes = reference_codes(faces, 8, 1, "nri_uniform")
+    top_left = codes[:, :64, :64].reshape(3, -1)
+    expected = np.stack([np.bincount(row, minlength=59) / row.size for row in top_left])
+    np.testing.assert_allclose(histograms.reshape(3, 4, 59)[:, 0], expected, atol=1e-7)
 
 
 def test_uneven_grid_covers_every_pixel() -> None:
@@ -77,6 +96,8 @@ def test_argument_errors() -> None:
         lbp_codes(np.zeros((1, 8, 8), np.uint8), 255, 1)
     with pytest.raises(ValueError, match="cells"):
         lbp_histograms(np.zeros((1, 8, 8), np.uint8), grid=(9, 2))
+    with pytest.raises(ValueError, match="unknown LBP method 'ror'"):
+        lbp_codes(np.zeros((1, 8, 8), np.uint8), method="ror")
 
 
 def test_concatenated_extractors_in_pipeline_survive_joblib(tmp_path, face_images) -> None:
