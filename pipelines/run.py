@@ -31,14 +31,16 @@ DEFAULT_CACHE = REPO_ROOT / ".cache" / "features"
 DEFAULT_OUT = Path("runs") / "classical"
 
 
-def _feature_spec(text: str) -> FeatureSpec:
+def parse_feature_spec(text: str) -> FeatureSpec:
+    """A ``--features`` block (:meth:`FeatureSpec.parse`), with argparse's error type."""
     try:
         return FeatureSpec.parse(text)
     except ValueError as error:
         raise argparse.ArgumentTypeError(str(error)) from None
 
 
-def _param(text: str) -> tuple[str, object]:
+def parse_param(text: str) -> tuple[str, object]:
+    """``NAME=VALUE`` of ``--param``: the value read as JSON (numbers, booleans), else text."""
     key, sep, value = text.partition("=")
     if not sep or not key:
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
@@ -63,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data", type=Path, default=None,
                         help="UTKFace image folder (default: $UTKFACE_DIR or "
                              f"{default_data_dir()})")
-    parser.add_argument("--features", nargs="+", type=_feature_spec, default=None,
+    parser.add_argument("--features", nargs="+", type=parse_feature_spec, default=None,
                         metavar="SPEC",
                         help="feature blocks, concatenated: EXTRACTOR[:SIZE[:COLOUR[:PCA]]] with "
                              f"EXTRACTOR one of {', '.join(EXTRACTORS)} (dlib: pretrained face "
@@ -77,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--tasks", nargs="+", choices=[*TASKS, "all"], default=["all"],
                         help="tasks to train, one model each: gender, ethnicity, age "
                              "(regression in years), age_group (9 classes) or all (default)")
-    parser.add_argument("--param", action="append", type=_param, default=[],
+    parser.add_argument("--param", action="append", type=parse_param, default=[],
                         metavar="KEY=VALUE",
                         help="model parameter for every task, repeatable, e.g. C=30 or "
                              "max_depth=4 (values read as JSON when possible)")

@@ -13,7 +13,7 @@ from PIL import Image
 
 from features.io import ImageLoadError
 from models.safety import ChecksumError, file_sha256, load_model
-from pipelines.classical import DEFAULT_FEATURES
+from pipelines.classical import DEFAULT_FEATURES, FeatureSpec
 from pipelines.dataset import default_data_dir
 from pipelines.labels import AGE_GROUP_NAMES, GENDER_NAMES, TASKS
 from pipelines.run import main
@@ -194,3 +194,24 @@ def test_validation_scores_of_a_saved_run(run: Path, workdir: Path) -> None:
     assert age["mae"] == pytest.approx(recorded["mae"], abs=1e-9)
     gender = validation_scores(run, "gender", cache_dir=workdir / "cache")
     assert 0 <= gender["accuracy"] <= 1 and gender["log_loss"] > 0
+
+
+def test_cross_validation_of_feature_blocks(run: Path, workdir: Path, capsys) -> None:
+    from benchmarks.cross_validate import cross_validate, format_table, main as cv_main
+
+    split = Split.load(workdir / "split.json")
+    blocks = [FeatureSpec.parse("hog:32:gray:10"), FeatureSpec.parse("pixels:16:gray:10")]
+    rows = cross_validate(workdir / "faces", [blocks, blocks, blocks[:1]], ["gender", "age"],
+                          folds=3, split_path=workdir / "split.json",
+                          cache_dir=workdir / "cache", progress=False)
+    assert [(row["task"], row["metric"]) for row in rows] == [
+        ("gender", "accuracy"), ("age", "mae")] * 3
+    for row in rows:  # every training and validation face scored once, no test face
+        assert row["faces"] == len(split.train) + len(split.val) and len(row["folds"]) == 3
+        assert row["mean"] == pytest.approx(np.mean(row["folds"]))
+    assert rows[0]["folds"] == rows[2]["folds"]  # same blocks, same folds: paired
+    assert 0.3 < rows[0]["mean"] <= 1 and 0 < rows[1]["mean"] < 40
+    table = format_table(rows).splitlines()
+    assert len(table) == 7 and "+0.0000" in table[2] and "0/3" in table[2]
+    assert cv_main(["--features", "hog:32", "--folds", "1", "--data", str(workdir / "faces")]) == 2
+    assert "at least 2 folds" in capsys.readouterr().err
