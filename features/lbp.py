@@ -5,7 +5,9 @@ Two kinds of uniform codes (at most two changes between consecutive neighbours):
 ``"nri_uniform"``, which also keeps where the bright arc lies (``P (P - 1) + 3`` codes,
 59 for ``P = 8``: the ``u2`` histograms of Ahonen et al.'s face descriptor, which keep
 the orientation of edges and corners). The codes equal
-``skimage.feature.local_binary_pattern(image, P, R, method)`` bit for bit. scikit-image samples each circular neighbour by bilinear interpolation
+``skimage.feature.local_binary_pattern(image, P, R, method)`` bit for bit.
+
+scikit-image samples each circular neighbour by bilinear interpolation
 in float64 and compares it with the centre; where a neighbour is a weighted mix of
 pixels that equals the centre, float64 rounding decides the bit, so it must be
 reproduced exactly. Here the interpolation runs in float32 over the whole batch;
@@ -23,6 +25,7 @@ from sklearn.base import BaseEstimator, TransformerMixin
 
 from features._batch import as_image_batch, to_gray
 
+METHODS = ("uniform", "nri_uniform")
 _CHUNK = 16
 # float32 interpolation error is below 8 * 2**-24 of the largest value; 1e-5 leaves
 # a wide margin, and every pixel inside it is settled exactly
@@ -233,9 +236,6 @@ def _n_codes(n_points: int, method: str) -> int:
 
 def _code_dtype(n_points: int, method: str) -> type:
     return np.uint8 if _n_codes(n_points, method) <= 256 else np.uint16
-
-
-METHODS = ("uniform", "nri_uniform")
 
 
 def _code_chunks(images: np.ndarray, n_points: int, radius: float, method: str):
