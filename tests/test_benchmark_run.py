@@ -66,9 +66,12 @@ def finished_at(workdir: Path) -> dict[str, str]:
 def interrupted(workdir: Path) -> dict[str, str]:
     """The command interrupted (SIGINT) once a pipeline has finished; returns the records
     written before the interruption."""
+    # SIGINT as a terminal delivers it, even when the tests run where it is ignored (a
+    # shell's background job ignores it, and so would the command, inheriting that)
     process = subprocess.Popen([sys.executable, "-m", "benchmarks.run", *arguments(workdir)],
                                cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               text=True)
+                               text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 120
     while not finished_at(workdir) and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.2)
