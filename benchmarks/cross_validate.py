@@ -33,7 +33,8 @@ from models.factory import MODELS, MirrorAveraged, make_estimator
 from pipelines.classical import FeatureSpec, TrainConfig, reduced_views, task_kind
 from pipelines.dataset import default_data_dir, index_folder
 from pipelines.labels import TASKS
-from pipelines.run import DEFAULT_CACHE, DEFAULT_SPLIT, parse_feature_spec, parse_param
+from pipelines.run import (DEFAULT_CACHE, DEFAULT_SPLIT, parse_cli_args, parse_feature_spec,
+                           parse_param)
 from pipelines.splits import load_or_create_split
 
 logger = logging.getLogger(__name__)
@@ -168,12 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit status."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.n_jobs < 1:
-        parser.error("--n-jobs must be >= 1")
-    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = parse_cli_args(build_parser(), argv)
     try:
         rows = cross_validate(args.data or default_data_dir(), args.features, args.tasks,
                               model=args.model, params=dict(args.param), folds=args.folds,

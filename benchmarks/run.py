@@ -55,6 +55,7 @@ from pipelines.cluster import SCHEDULER_ENV, SVM_CLUSTER_LIMIT, scheduler_addres
 from pipelines.dataset import DatasetIndex, default_data_dir, index_folder
 from pipelines.labels import TASKS
 from pipelines.reports import atomic_write_json
+from pipelines.run import parse_cli_args
 from pipelines.splits import PARTS, Split, load_or_create_split, names_sha256
 
 logger = logging.getLogger(__name__)
@@ -465,11 +466,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit status (1 if a pipeline failed)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.n_jobs < 1:
-        parser.error("--n-jobs must be >= 1")
-    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
-                        format=steps.LOG_FORMAT)
+    args = parse_cli_args(parser, argv)
     out = args.out or (QUICK_OUT if args.quick else DEFAULT_OUT)
     command = shlex.join(["python", "-m", "benchmarks.run", *argv])
     try:

@@ -42,11 +42,11 @@ from pipelines.cluster import check_workers_read, connect
 from pipelines.dataset import DatasetIndex, parse_utkface_name
 from pipelines.metrics import group_gap, headline
 from pipelines.reports import prepare_output_dir
+from pipelines.run import LOG_FORMAT
 from pipelines.splits import PARTS, Split, names_sha256
 
 logger = logging.getLogger(__name__)
 
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 _WARM_UP_FACES = 2
 
 

@@ -39,6 +39,21 @@ def parse_feature_spec(text: str) -> FeatureSpec:
         raise argparse.ArgumentTypeError(str(error)) from None
 
 
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def parse_cli_args(parser: argparse.ArgumentParser,
+                   argv: Sequence[str] | None) -> argparse.Namespace:
+    """Parse a command line that has ``--n-jobs`` and ``--quiet``, refuse ``--n-jobs``
+    below 1, and log at INFO (WARNING with ``--quiet``) in :data:`LOG_FORMAT`."""
+    args = parser.parse_args(argv)
+    if args.n_jobs < 1:
+        parser.error("--n-jobs must be >= 1")
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
+                        format=LOG_FORMAT)
+    return args
+
+
 def parse_param(text: str) -> tuple[str, object]:
     """``NAME=VALUE`` of ``--param``: the value read as JSON (numbers, booleans), else text."""
     key, sep, value = text.partition("=")
@@ -155,11 +170,7 @@ def _run_cnn(args: argparse.Namespace, tasks: Sequence[str]) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit status."""
     parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.n_jobs < 1:
-        parser.error("--n-jobs must be >= 1")
-    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = parse_cli_args(parser, argv)
     tasks = TASKS if "all" in args.tasks else tuple(dict.fromkeys(args.tasks))
     scheduler = scheduler_address(args.scheduler)
     if args.model == "cnn" and args.scheduler:
