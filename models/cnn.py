@@ -29,12 +29,15 @@ by full training runs was beyond this machine's budget.)
 Architectures (:data:`ARCHITECTURES`):
 
 ``default``
-    Compact VGG-style trunk for a CPU budget: a 32-channel stride-2 3x3 stem, then three
-    stages, each a 2x2 max-pooling and two Conv3x3-BatchNorm-ReLU blocks, with 64, 128
-    and 256 channels (at 32x32, 16x16 and 8x8 for a 128x128 input), global average
-    pooling and dropout 0.2; per task a Dense-128 + Dropout-0.3 head. About 1.26 M
-    weights and 0.17 GMAC per 128x128 face. Pooling early matters on a CPU: convolutions
-    with few channels at full resolution cost far more time per MAC.
+    Compact VGG-style trunk for a CPU budget that works at half the input resolution:
+    a 2x2 average pooling (64x64 for a 128x128 input), a 32-channel stride-2 3x3 stem,
+    then three stages, each a 2x2 max-pooling and two Conv3x3-BatchNorm-ReLU blocks,
+    with 64, 128 and 256 channels (at 16x16, 8x8 and 4x4), global average pooling and
+    dropout 0.2; per task a Dense-128 + Dropout-0.3 head. About 1.26 M weights and
+    0.04 GMAC per 128x128 face. Halving the resolution made a training step about 3x
+    faster here (151 against 51 training faces/s on 2 CPU cores, augmentation
+    included), so the same hour affords 30 epochs instead of 12; the 12-epoch network at
+    full resolution had not converged.
 ``seed_baseline``
     The reference notebook's network, kept for comparison: Conv 32-64-128-256 (3x3,
     ReLU, valid padding), each followed by 2x2 max-pooling, Flatten, then per task Dense
@@ -106,6 +109,7 @@ def _conv_bn_relu(x, filters: int, name: str, strides: int = 1):
 def _default_trunk(x):
     from keras import layers
 
+    x = layers.AveragePooling2D(2, name="downsample")(x)
     x = _conv_bn_relu(x, 32, "stem", strides=2)
     for stage, filters in enumerate((64, 128, 256), start=1):
         x = layers.MaxPooling2D(name=f"stage{stage}_pool")(x)
@@ -616,6 +620,10 @@ class CNNPredictor:
     input size and colour, then decodes the outputs into the label codes of
     ``pipelines.labels``: gender and ethnicity codes (int) and age in years (float).
 
+    Each face is judged with its mirror image: the network's outputs for both (class
+    probabilities, ages) are averaged, as the classical pipelines do. Training already
+    flips faces at random, so the mirror image is a face like those it learnt from.
+
     Pickling (``joblib.dump``) stores the network as ``.keras`` bytes; unpickling does
     not import TensorFlow, which happens on the first prediction.
 
@@ -623,6 +631,8 @@ class CNNPredictor:
     ----------
     network : keras.Model
         A network from :func:`build_model` (trained).
+    mirror : bool
+        Average the outputs for each face and its mirror image (twice the work).
 
     Attributes
     ----------
@@ -632,10 +642,13 @@ class CNNPredictor:
         Input (height, width).
     color : {"gray", "rgb"}
         Input colour mode.
+    mirror : bool
+        Whether outputs are averaged with the mirror image's.
     """
 
-    def __init__(self, network: keras.Model) -> None:
+    def __init__(self, network: keras.Model, mirror: bool = True) -> None:
         height, width, channels = network.input_shape[1:]
+        self.mirror = mirror
         self.tasks = network_tasks(network)
         self.size = (int(height), int(width))
         self.color = "gray" if channels == 1 else "rgb"
@@ -643,7 +656,8 @@ class CNNPredictor:
         self._keras_bytes: bytes | None = None
 
     def __repr__(self) -> str:
-        return f"CNNPredictor(tasks={self.tasks}, size={self.size}, color={self.color!r})"
+        return (f"CNNPredictor(tasks={self.tasks}, size={self.size}, color={self.color!r}, "
+                f"mirror={self.mirror})")
 
     @property
     def network(self) -> keras.Model:
@@ -655,12 +669,14 @@ class CNNPredictor:
 
     def __getstate__(self) -> dict[str, Any]:
         data = self._keras_bytes if self._network is None else _network_to_bytes(self._network)
-        return {"tasks": self.tasks, "size": self.size, "color": self.color, "keras_bytes": data}
+        return {"tasks": self.tasks, "size": self.size, "color": self.color,
+                "mirror": self.mirror, "keras_bytes": data}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.tasks = tuple(state["tasks"])
         self.size = tuple(state["size"])
         self.color = state["color"]
+        self.mirror = state.get("mirror", False)   # predictors pickled before mirroring
         self._network = None
         self._keras_bytes = state["keras_bytes"]
 
@@ -674,10 +690,15 @@ class CNNPredictor:
     def _outputs(self, X, batch_size: int) -> dict[str, np.ndarray]:
         # Eager calls per batch: no graph to trace, unlike ``Model.predict``.
         images = ImageLoader(self.size, self.color).transform(X).astype(np.float32)
-        batches = [self.network(images[start:start + batch_size], training=False)
-                   for start in range(0, len(images), batch_size)]
-        return {task: np.concatenate([np.asarray(batch[task]) for batch in batches])
-                for task in self.tasks}
+        views = (images, images[:, :, ::-1]) if self.mirror else (images,)
+        outputs = {task: [] for task in self.tasks}
+        for start in range(0, len(images), batch_size):
+            results = [self.network(view[start:start + batch_size], training=False)
+                       for view in views]
+            for task in self.tasks:
+                outputs[task].append(np.mean([np.asarray(result[task]) for result in results],
+                                             axis=0))
+        return {task: np.concatenate(batches) for task, batches in outputs.items()}
 
     def predict(self, X, task: str | None = None,
                 batch_size: int = 64) -> dict[str, np.ndarray] | np.ndarray:

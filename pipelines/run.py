@@ -20,6 +20,7 @@ from features import EXTRACTORS
 from models.cnn import ARCHITECTURES
 from models.factory import MODELS
 from pipelines.classical import DEFAULT_FEATURES, FeatureSpec, TrainConfig, run_classical
+from pipelines.cnn_training import DEFAULT_BATCH_SIZE, DEFAULT_EPOCHS, train_cnn
 from pipelines.cluster import SCHEDULER_ENV, SVM_CLUSTER_LIMIT, ClusterError, scheduler_address
 from pipelines.dataset import default_data_dir
 from pipelines.labels import TASKS
@@ -137,9 +138,9 @@ def build_parser() -> argparse.ArgumentParser:
     cnn.add_argument("--architecture", choices=ARCHITECTURES, default="default",
                      help="default: our multi-task CNN; seed_baseline: the reference notebook "
                           "network, gender and age only (default: %(default)s)")
-    cnn.add_argument("--epochs", type=int, default=12, help="most epochs (early stopping on "
+    cnn.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS, help="most epochs (early stopping on "
                      "the validation split; default: %(default)s)")
-    cnn.add_argument("--batch-size", type=int, default=64, help="default: %(default)s")
+    cnn.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="default: %(default)s")
     cnn.add_argument("--init-from", type=Path, default=None, metavar="SAVED_MODEL",
                      help="fine-tune a saved CNN (model.keras) on --data instead of starting "
                           "from scratch; reports test metrics before and after")
@@ -150,8 +151,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _run_cnn(args: argparse.Namespace, tasks: Sequence[str]) -> int:
     """``--model cnn``: train (or fine-tune) the CNN and print its test figures."""
-    from pipelines.cnn_training import train_cnn
-
     cnn_tasks = [task for task in tasks if task != "age_group"] or None
     summary = train_cnn(args.data or default_data_dir(), args.out,
                         architecture=args.architecture, tasks=cnn_tasks,
