@@ -192,6 +192,32 @@ def test_predictor_reads_paths_and_arrays_alike(trained, face_dir):
         predictor.predict_proba(paths, task="age")
 
 
+def test_predictor_averages_each_face_with_its_mirror_image():
+    network = build_model("default", (SIZE, SIZE, 1), seed=3)
+    images = np.random.default_rng(5).integers(0, 256, (4, SIZE, SIZE, 1), dtype=np.uint8)
+    views = [network(view.astype(np.float32), training=False)
+             for view in (images, images[:, :, ::-1])]
+    mean = {task: np.mean([np.asarray(view[task]) for view in views], axis=0)
+            for task in TASKS}
+    predictor = CNNPredictor(network)
+    assert predictor.mirror
+    proba = predictor.predict_proba(images)
+    np.testing.assert_allclose(proba["gender"][:, 1], mean["gender"][:, 0], rtol=1e-5)
+    np.testing.assert_allclose(proba["ethnicity"], mean["ethnicity"], rtol=1e-5)
+    np.testing.assert_allclose(predictor.predict(images, task="age"), mean["age"][:, 0],
+                               rtol=1e-5)
+    # one view only: the network's own outputs
+    single = CNNPredictor(network, mirror=False).predict_proba(images, task="ethnicity")
+    np.testing.assert_allclose(single, np.asarray(views[0]["ethnicity"]), rtol=1e-5)
+    assert not np.allclose(single, proba["ethnicity"])
+    # a predictor pickled before mirroring existed keeps judging one view
+    state = predictor.__getstate__()
+    del state["mirror"]
+    old = CNNPredictor.__new__(CNNPredictor)
+    old.__setstate__(state)
+    assert old.mirror is False
+
+
 ROUND_TRIP = """
 import sys
 import joblib, numpy as np
@@ -213,7 +239,7 @@ def test_saved_predictor_predicts_the_same_in_a_fresh_process(trained, tmp_path)
                    check=True, cwd=Path(cnn.__file__).parents[1], capture_output=True)
     got = np.load(tmp_path / "out.npz")
     reloaded = load_model(tmp_path / "cnn.joblib")
-    assert isinstance(reloaded, CNNPredictor) and reloaded.tasks == TASKS
+    assert isinstance(reloaded, CNNPredictor) and reloaded.tasks == TASKS and reloaded.mirror
     for task in TASKS:
         np.testing.assert_array_equal(got[task], expected[task])
 

@@ -42,6 +42,19 @@ def test_codes_identical_to_skimage(n_points, radius, method, face_images) -> No
                                       reference_codes(images, n_points, radius, method))
 
 
+@pytest.mark.parametrize("n_points,radius", NEIGHBOURHOODS + [(12, 2.5)])
+def test_few_grey_levels_identical_to_skimage(n_points, radius) -> None:
+    """2-4 grey levels: most neighbours tie with the centre, in flat areas and across
+    edges, or miss it by a few multiples of the interpolation weights."""
+    rng = np.random.default_rng(7)
+    for levels in (2, 3, 4):
+        codes = rng.integers(0, levels, (3, 33, 29))
+        for images in ((codes + 100).astype(np.uint8), (codes * 85).astype(np.uint8)):
+            for method in ("uniform", "nri_uniform"):
+                np.testing.assert_array_equal(lbp_codes(images, n_points, radius, method),
+                                              reference_codes(images, n_points, radius, method))
+
+
 def test_code_types_hold_every_code() -> None:
     images = np.random.default_rng(5).integers(0, 256, (2, 20, 20), dtype=np.uint8)
     assert lbp_codes(images, 16, 2, "nri_uniform").dtype == np.uint8    # 243 codes
