@@ -138,9 +138,11 @@ def build_parser() -> argparse.ArgumentParser:
     cnn.add_argument("--architecture", choices=ARCHITECTURES, default="default",
                      help="default: our multi-task CNN; seed_baseline: the reference notebook "
                           "network, gender and age only (default: %(default)s)")
-    cnn.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS, help="most epochs (early stopping on "
-                     "the validation split; default: %(default)s)")
-    cnn.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="default: %(default)s")
+    cnn.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS,
+                     help="most epochs (early stopping on the validation split; "
+                          "default: %(default)s)")
+    cnn.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE,
+                     help="default: %(default)s")
     cnn.add_argument("--init-from", type=Path, default=None, metavar="SAVED_MODEL",
                      help="fine-tune a saved CNN (model.keras) on --data instead of starting "
                           "from scratch; reports test metrics before and after")
