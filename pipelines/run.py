@@ -94,7 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "xgboost: XGBClassifier/XGBRegressor (default: svm)")
     parser.add_argument("--tasks", nargs="+", choices=[*TASKS, "all"], default=["all"],
                         help="tasks to train, one model each: gender, ethnicity, age "
-                             "(regression in years), age_group (9 classes) or all (default)")
+                             "(regression in years), age_group (9 classes) or all (default; "
+                             "with --model cnn, every head of the architecture)")
     parser.add_argument("--param", action="append", type=parse_param, default=[],
                         metavar="KEY=VALUE",
                         help="model parameter for every task, repeatable, e.g. C=30 or "
@@ -153,7 +154,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _run_cnn(args: argparse.Namespace, tasks: Sequence[str]) -> int:
     """``--model cnn``: train (or fine-tune) the CNN and print its test figures."""
-    cnn_tasks = [task for task in tasks if task != "age_group"] or None
+    # "all" (the default) is every head of the chosen architecture
+    cnn_tasks = None if "all" in args.tasks else [t for t in tasks if t != "age_group"] or None
     summary = train_cnn(args.data or default_data_dir(), args.out,
                         architecture=args.architecture, tasks=cnn_tasks,
                         manifest_path=args.split, epochs=args.epochs,

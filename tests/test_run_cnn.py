@@ -22,3 +22,16 @@ def test_cnn_through_the_main_command(tmp_path, face_paths, capsys) -> None:
     assert set(summary["test"]) == {"gender", "age"}
     assert (out / "model.keras").is_file()
     assert main(argv) == 2  # results present: --overwrite needed
+
+
+@pytest.mark.slow
+def test_default_tasks_follow_the_cnn_architecture(tmp_path, face_paths, capsys) -> None:
+    folder = link_faces(tmp_path / "faces", face_paths)
+    out = tmp_path / "seed"
+    argv = ["--model", "cnn", "--architecture", "seed_baseline", "--data", str(folder),
+            "--split", str(tmp_path / "split.json"), "--out", str(out), "--epochs", "1",
+            "--batch-size", "8", "--n-jobs", "1", "--quiet"]
+    assert main(argv) == 0          # no ethnicity head, and none asked for
+    summary = json.loads((out / "cnn_summary.json").read_text())
+    assert set(summary["test"]) == {"gender", "age"}
+    assert "cnn:seed_baseline" in capsys.readouterr().out
