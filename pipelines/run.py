@@ -155,7 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _run_cnn(args: argparse.Namespace, tasks: Sequence[str]) -> int:
     """``--model cnn``: train (or fine-tune) the CNN and print its test figures."""
     # "all" (the default) is every head of the chosen architecture
-    cnn_tasks = None if "all" in args.tasks else [t for t in tasks if t != "age_group"] or None
+    cnn_tasks = None if "all" in args.tasks else list(tasks)
     summary = train_cnn(args.data or default_data_dir(), args.out,
                         architecture=args.architecture, tasks=cnn_tasks,
                         manifest_path=args.split, epochs=args.epochs,
@@ -180,6 +180,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--scheduler applies to the classical models; the CNN spreads over "
                      "devices with tf.distribute (several GPUs, or several workers with "
                      "TF_CONFIG)")
+    if args.model == "cnn" and "age_group" in tasks and "all" not in args.tasks:
+        parser.error("--tasks age_group: the CNN has heads for gender, ethnicity and age "
+                     "only; age groups are a task of the classical models")
     try:
         if args.model == "cnn":
             return _run_cnn(args, tasks)

@@ -35,3 +35,12 @@ def test_default_tasks_follow_the_cnn_architecture(tmp_path, face_paths, capsys)
     summary = json.loads((out / "cnn_summary.json").read_text())
     assert set(summary["test"]) == {"gender", "age"}
     assert "cnn:seed_baseline" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("tasks", [["age_group"], ["gender", "age_group"]])
+def test_cnn_refuses_the_age_group_task(tmp_path, tasks, capsys) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--model", "cnn", "--out", str(tmp_path / "cnn"), "--tasks", *tasks])
+    assert exit_info.value.code == 2
+    assert "the CNN has heads for gender, ethnicity and age only" in capsys.readouterr().err
+    assert not (tmp_path / "cnn").exists()
