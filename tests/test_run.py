@@ -215,3 +215,37 @@ def test_cross_validation_of_feature_blocks(run: Path, workdir: Path, capsys) ->
     assert len(table) == 7 and "+0.0000" in table[2] and "0/3" in table[2]
     assert cv_main(["--features", "hog:32", "--folds", "1", "--data", str(workdir / "faces")]) == 2
     assert "at least 2 folds" in capsys.readouterr().err
+
+
+class _RecordingRegressor:
+    """Predicts the mean of the targets it was fitted on, and keeps what it saw."""
+
+    def get_params(self, deep=True):
+        return {}
+
+    def set_params(self, **params):
+        return self
+
+    def fit(self, X, y):
+        self.X_, self.y_ = np.asarray(X), np.asarray(y)
+        return self
+
+    def predict(self, X):
+        return np.full(len(X), self.y_.mean())
+
+
+@pytest.mark.parametrize("flip", [False, True])
+def test_cross_validation_fold_fits_on_mirror_images_with_flip(flip: bool, monkeypatch) -> None:
+    import benchmarks.cross_validate as cv
+
+    model = _RecordingRegressor()
+    monkeypatch.setattr(cv, "clone", lambda estimator: model)
+    rng = np.random.default_rng(0)
+    both = rng.normal(size=(10, 6))   # rows [face (3 columns) | mirror image (3 columns)]
+    y = rng.uniform(1, 80, size=10)
+    train, held_out = np.arange(7), np.arange(7, 10)
+    mae = cv._fold_score(object(), both, y, train, held_out, regressor=True, flip=flip)
+    expected_X = np.vstack([both[train, :3], both[train, 3:]]) if flip else both[train, :3]
+    np.testing.assert_array_equal(model.X_, expected_X)
+    np.testing.assert_array_equal(model.y_, np.tile(y[train], 2 if flip else 1))
+    assert mae == pytest.approx(np.mean(np.abs(y[train].mean() - y[held_out])))
