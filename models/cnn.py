@@ -612,6 +612,42 @@ def _network_from_bytes(data: bytes) -> keras.Model:
         return keras.saving.load_model(path, compile=False)
 
 
+#: Shift and zoom of :func:`jittered_views`, as a fraction of the image size (4 pixels
+#: of 128), within the training augmentation's range (shifts up to 6%, zoom up to 10%).
+JITTER_FRACTION = 1 / 32
+
+
+def jittered_views(images: np.ndarray) -> list[np.ndarray]:
+    """A batch of faces and five jittered copies, for test-time averaging.
+
+    Parameters
+    ----------
+    images : ndarray of uint8, shape (N, H, W, C)
+        Faces.
+
+    Returns
+    -------
+    list of ndarray of uint8, each (N, H, W, C)
+        The faces; shifted by ``m = max(1, round(JITTER_FRACTION * H))`` pixels up,
+        down, left and right, with the edges mirrored; and their central
+        ``(H - 2m, W - 2m)`` crop resized back to ``(H, W)`` (bilinear).
+    """
+    from PIL import Image
+
+    _, height, width, channels = images.shape
+    m = max(1, round(JITTER_FRACTION * height))
+    padded = np.pad(images, ((0, 0), (m, m), (m, m), (0, 0)), mode="symmetric")
+    shifted = [padded[:, m + dy:m + dy + height, m + dx:m + dx + width]
+               for dy, dx in ((-m, 0), (m, 0), (0, -m), (0, m))]
+    crops = images[:, m:height - m, m:width - m]
+    if channels == 1:
+        crops = crops[..., 0]
+    zoomed = np.stack([np.asarray(Image.fromarray(crop).resize((width, height),
+                                                               Image.Resampling.BILINEAR))
+                       for crop in crops]).reshape(images.shape)
+    return [images, *shifted, zoomed]
+
+
 class CNNPredictor:
     """A trained network with its preprocessing and label decoding.
 
@@ -620,9 +656,15 @@ class CNNPredictor:
     input size and colour, then decodes the outputs into the label codes of
     ``pipelines.labels``: gender and ethnicity codes (int) and age in years (float).
 
-    Each face is judged with its mirror image: the network's outputs for both (class
-    probabilities, ages) are averaged, as the classical pipelines do. Training already
-    flips faces at random, so the mirror image is a face like those it learnt from.
+    Each face is judged from several views whose outputs (class probabilities, ages)
+    are averaged: with ``jitter``, the face itself, shifted by :data:`JITTER_FRACTION`
+    of its size up, down, left and right (edges mirrored, as in the training
+    augmentation) and zoomed in by as much at each border; with ``mirror``, each of
+    these and its mirror image. Training distorts faces in these ways at random, so
+    every view is a face like those the network learnt from. On the validation split
+    of the shared split, the default network's 12 views gave gender 0.918, ethnicity
+    0.847 and age MAE 5.91 against 0.916 / 0.842 / 6.07 with the face and its mirror
+    image only, and 0.911 / 0.836 / 6.21 with the face alone (2026-12-02).
 
     Pickling (``joblib.dump``) stores the network as ``.keras`` bytes; unpickling does
     not import TensorFlow, which happens on the first prediction.
@@ -632,7 +674,9 @@ class CNNPredictor:
     network : keras.Model
         A network from :func:`build_model` (trained).
     mirror : bool
-        Average the outputs for each face and its mirror image (twice the work).
+        Also judge the mirror image of every view (twice the work).
+    jitter : bool
+        Also judge five shifted and zoomed views (six times the work).
 
     Attributes
     ----------
@@ -642,13 +686,14 @@ class CNNPredictor:
         Input (height, width).
     color : {"gray", "rgb"}
         Input colour mode.
-    mirror : bool
-        Whether outputs are averaged with the mirror image's.
+    mirror, jitter : bool
+        Which views are averaged (see above).
     """
 
-    def __init__(self, network: keras.Model, mirror: bool = True) -> None:
+    def __init__(self, network: keras.Model, mirror: bool = True, jitter: bool = True) -> None:
         height, width, channels = network.input_shape[1:]
         self.mirror = mirror
+        self.jitter = jitter
         self.tasks = network_tasks(network)
         self.size = (int(height), int(width))
         self.color = "gray" if channels == 1 else "rgb"
@@ -657,7 +702,7 @@ class CNNPredictor:
 
     def __repr__(self) -> str:
         return (f"CNNPredictor(tasks={self.tasks}, size={self.size}, color={self.color!r}, "
-                f"mirror={self.mirror})")
+                f"mirror={self.mirror}, jitter={self.jitter})")
 
     @property
     def network(self) -> keras.Model:
@@ -670,13 +715,15 @@ class CNNPredictor:
     def __getstate__(self) -> dict[str, Any]:
         data = self._keras_bytes if self._network is None else _network_to_bytes(self._network)
         return {"tasks": self.tasks, "size": self.size, "color": self.color,
-                "mirror": self.mirror, "keras_bytes": data}
+                "mirror": self.mirror, "jitter": self.jitter, "keras_bytes": data}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.tasks = tuple(state["tasks"])
         self.size = tuple(state["size"])
         self.color = state["color"]
-        self.mirror = state.get("mirror", False)   # predictors pickled before mirroring
+        # predictors pickled before these views existed judge the views they had
+        self.mirror = state.get("mirror", False)
+        self.jitter = state.get("jitter", False)
         self._network = None
         self._keras_bytes = state["keras_bytes"]
 
@@ -689,11 +736,14 @@ class CNNPredictor:
 
     def _outputs(self, X, batch_size: int) -> dict[str, np.ndarray]:
         # Eager calls per batch: no graph to trace, unlike ``Model.predict``.
-        images = ImageLoader(self.size, self.color).transform(X).astype(np.float32)
-        views = (images, images[:, :, ::-1]) if self.mirror else (images,)
+        images = ImageLoader(self.size, self.color).transform(X)
+        views = jittered_views(images) if self.jitter else [images]
+        if self.mirror:
+            views += [view[:, :, ::-1] for view in views]
         outputs = {task: [] for task in self.tasks}
         for start in range(0, len(images), batch_size):
-            results = [self.network(view[start:start + batch_size], training=False)
+            results = [self.network(view[start:start + batch_size].astype(np.float32),
+                                    training=False)
                        for view in views]
             for task in self.tasks:
                 outputs[task].append(np.mean([np.asarray(result[task]) for result in results],

@@ -199,7 +199,7 @@ def test_predictor_averages_each_face_with_its_mirror_image():
              for view in (images, images[:, :, ::-1])]
     mean = {task: np.mean([np.asarray(view[task]) for view in views], axis=0)
             for task in TASKS}
-    predictor = CNNPredictor(network)
+    predictor = CNNPredictor(network, jitter=False)
     assert predictor.mirror
     proba = predictor.predict_proba(images)
     np.testing.assert_allclose(proba["gender"][:, 1], mean["gender"][:, 0], rtol=1e-5)
@@ -207,15 +207,40 @@ def test_predictor_averages_each_face_with_its_mirror_image():
     np.testing.assert_allclose(predictor.predict(images, task="age"), mean["age"][:, 0],
                                rtol=1e-5)
     # one view only: the network's own outputs
-    single = CNNPredictor(network, mirror=False).predict_proba(images, task="ethnicity")
+    single = CNNPredictor(network, mirror=False, jitter=False).predict_proba(
+        images, task="ethnicity")
     np.testing.assert_allclose(single, np.asarray(views[0]["ethnicity"]), rtol=1e-5)
     assert not np.allclose(single, proba["ethnicity"])
     # a predictor pickled before mirroring existed keeps judging one view
     state = predictor.__getstate__()
-    del state["mirror"]
+    del state["mirror"], state["jitter"]
     old = CNNPredictor.__new__(CNNPredictor)
     old.__setstate__(state)
-    assert old.mirror is False
+    assert old.mirror is False and old.jitter is False
+
+
+def test_predictor_averages_twelve_jittered_views_by_default():
+    network = build_model("default", (SIZE, SIZE, 1), seed=3)
+    images = np.random.default_rng(6).integers(0, 256, (3, SIZE, SIZE, 1), dtype=np.uint8)
+    m = round(SIZE / 32)
+    padded = np.pad(images, ((0, 0), (m, m), (m, m), (0, 0)), mode="symmetric")
+    zoomed = np.stack([np.asarray(Image.fromarray(image[m:-m, m:-m, 0]).resize(
+        (SIZE, SIZE), Image.Resampling.BILINEAR)) for image in images])[..., None]
+    views = [images, padded[:, :SIZE, m:m + SIZE], padded[:, 2 * m:, m:m + SIZE],
+             padded[:, m:m + SIZE, :SIZE], padded[:, m:m + SIZE, 2 * m:], zoomed]
+    views += [view[:, :, ::-1] for view in views]
+    outputs = [network(view.astype(np.float32), training=False) for view in views]
+    predictor = CNNPredictor(network)
+    assert predictor.mirror and predictor.jitter
+    np.testing.assert_allclose(
+        predictor.predict_proba(images, task="ethnicity"),
+        np.mean([np.asarray(output["ethnicity"]) for output in outputs], axis=0), rtol=1e-5)
+    np.testing.assert_allclose(
+        predictor.predict(images, task="age"),
+        np.mean([np.asarray(output["age"])[:, 0] for output in outputs], axis=0), rtol=1e-5)
+    # a shifted view is the face moved by m pixels, the uncovered edge mirrored
+    np.testing.assert_array_equal(views[1][:, m:], images[:, :-m])
+    np.testing.assert_array_equal(views[1][:, :m], images[:, m - 1::-1])
 
 
 ROUND_TRIP = """
