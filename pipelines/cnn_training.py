@@ -8,8 +8,9 @@ and writes, into one output folder:
 - ``training_curves.png``: loss and per-task metric per epoch, train and validation;
 - ``<task>_metrics.json`` and ``<task>_confusion.png`` / ``age_error.png``: test-split
   scores from :mod:`pipelines.metrics` and :mod:`pipelines.reports`, as for every model;
-- ``cnn_summary.json``: settings, history, timings and headline test figures (before and
-  after training when fine-tuning);
+- ``cnn_summary.json``: settings (the views each face is judged from among them),
+  history, timings and headline test figures (before and after training when
+  fine-tuning);
 - ``split.json``: the split manifest, unless another ``manifest_path`` is given.
 """
 from __future__ import annotations
@@ -230,6 +231,7 @@ def train_cnn(data_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
     summary: dict[str, Any] = {
         "architecture": network.name, "tasks": list(predictor.tasks),
         "size": list(predictor.size), "color": predictor.color,
+        "views": {"mirror": predictor.mirror, "jitter": predictor.jitter},
         "counts": {part: len(faces[part].images) for part in PARTS},
         "load_failures": sum(len(parts[part]) - len(faces[part].images) for part in PARTS),
         "strategy": {"name": type(strategy).__name__,

@@ -172,6 +172,7 @@ def test_train_cnn_writes_model_reports_and_summary(trained):
     assert trained["epochs_run"] == 2 and 1 <= trained["best_epoch"] <= 2
     assert set(trained["test"]) == set(TASKS)
     assert len(trained["history"]["val_age_mae"]) == 2
+    assert trained["views"] == {"mirror": True, "jitter": True}
 
 
 @pytest.mark.slow
