@@ -182,9 +182,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_cli_args(build_parser(), argv)
     try:
         rows = cross_validate(args.data or default_data_dir(), args.features, args.tasks,
-                              model=args.model, params=dict(args.param), flip=args.flip, folds=args.folds,
-                              split_path=args.split, n_jobs=args.n_jobs, seed=args.seed,
-                              cache_dir=args.cache_dir, progress=not args.quiet)
+                              model=args.model, params=dict(args.param), flip=args.flip,
+                              folds=args.folds, split_path=args.split, n_jobs=args.n_jobs,
+                              seed=args.seed, cache_dir=args.cache_dir,
+                              progress=not args.quiet)
     except (FileNotFoundError, NotADirectoryError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -220,12 +220,6 @@ def test_cross_validation_of_feature_blocks(run: Path, workdir: Path, capsys) ->
 class _RecordingRegressor:
     """Predicts the mean of the targets it was fitted on, and keeps what it saw."""
 
-    def get_params(self, deep=True):
-        return {}
-
-    def set_params(self, **params):
-        return self
-
     def fit(self, X, y):
         self.X_, self.y_ = np.asarray(X), np.asarray(y)
         return self
