@@ -407,28 +407,67 @@ def compile_network(network: keras.Model, *, learning_rate: float = DEFAULT_LEAR
                     metrics={task: metrics[task] for task in tasks})
 
 
-def build_augmentation(seed: int | None = None) -> keras.Sequential:
-    """Random training-time distortions of a batch of faces with pixel values 0..255.
+#: Ranges of the training-time distortions (see :func:`augment_batch`): shift as a
+#: fraction of the size per axis, rotation in degrees, zoom as a fraction of the scale,
+#: brightness as a fraction of 0..255, contrast as a fraction of the deviation from the mean.
+AUGMENT_SHIFT, AUGMENT_ROTATION_DEG, AUGMENT_ZOOM = 0.06, 10.8, 0.1
+AUGMENT_BRIGHTNESS, AUGMENT_CONTRAST = 0.15, 0.2
 
-    Horizontal flip, shift up to 6%, rotation up to about 11 degrees, zoom up to 10%,
-    brightness up to 15% of the range and contrast up to 20%. None changes a face's
-    gender, ethnicity or age, so labels stay valid. Each image of a batch gets its own
-    random draw.
+
+def augment_batch(images: tf.Tensor, generator: tf.random.Generator) -> tf.Tensor:
+    """Random distortions of a float32 batch (N, H, W, C) of faces with pixel values 0..255.
+
+    Each face gets its own draw: a horizontal flip (half of the faces), a shift of up to
+    6% of the size along each axis, a rotation of up to 10.8 degrees and a zoom of up to
+    10%, composed into one affine map and applied by a single bilinear resampling with
+    mirrored edges; then a brightness change of up to 15% of the range and a contrast
+    change of up to 20%, each clipped to 0..255. None changes a face's gender,
+    ethnicity or age, so labels stay valid.
+
+    One resampling instead of one per geometric distortion (Keras' ``RandomTranslation``,
+    ``RandomRotation`` and ``RandomZoom`` in a row) blurs the face once, and made an
+    augmented training step about 1.3x faster on a 2-core CPU.
+
+    Parameters
+    ----------
+    images : tf.Tensor, float32, shape (N, H, W, C)
+        Faces.
+    generator : tf.random.Generator
+        Source of the random draws; a seeded one gives a reproducible sequence.
+
+    Returns
+    -------
+    tf.Tensor, float32, shape (N, H, W, C)
     """
-    import keras
-    from keras import layers
+    import tensorflow as tf
 
-    def layer_seed(position: int) -> int | None:
-        return None if seed is None else seed + position
+    shape = tf.shape(images)
+    count = shape[:1]
+    height, width = tf.cast(shape[1], tf.float32), tf.cast(shape[2], tf.float32)
 
-    return keras.Sequential([
-        layers.RandomFlip("horizontal", seed=layer_seed(0)),
-        layers.RandomTranslation(0.06, 0.06, fill_mode="reflect", seed=layer_seed(1)),
-        layers.RandomRotation(0.03, fill_mode="reflect", seed=layer_seed(2)),
-        layers.RandomZoom(0.1, fill_mode="reflect", seed=layer_seed(3)),
-        layers.RandomBrightness(0.15, value_range=(0, 255), seed=layer_seed(4)),
-        layers.RandomContrast(0.2, value_range=(0, 255), seed=layer_seed(5)),
-    ], name="augmentation")
+    def uniform(bound: float) -> tf.Tensor:
+        return generator.uniform(count, -bound, bound)
+
+    flip = tf.where(generator.uniform(count) < 0.5, -1.0, 1.0)
+    angle = uniform(AUGMENT_ROTATION_DEG * np.pi / 180)
+    scale = 1.0 + uniform(AUGMENT_ZOOM)    # input pixels per output pixel; > 1 zooms out
+    shift_x, shift_y = uniform(AUGMENT_SHIFT) * width, uniform(AUGMENT_SHIFT) * height
+    # output pixel (x, y) reads input pixel A @ (flip * (x - cx), y - cy) + (cx, cy) - shift
+    cos, sin = tf.cos(angle) * scale, tf.sin(angle) * scale
+    center_x, center_y = (width - 1) / 2, (height - 1) / 2
+    a0, a1, b0, b1 = cos * flip, -sin, sin * flip, cos
+    zeros = tf.zeros_like(angle)
+    transforms = tf.stack([a0, a1, center_x - a0 * center_x - a1 * center_y - shift_x,
+                           b0, b1, center_y - b0 * center_x - b1 * center_y - shift_y,
+                           zeros, zeros], axis=1)
+    images = tf.raw_ops.ImageProjectiveTransformV3(
+        images=images, transforms=transforms, output_shape=shape[1:3], fill_value=0.0,
+        interpolation="BILINEAR", fill_mode="REFLECT")
+    brightness = uniform(AUGMENT_BRIGHTNESS * 255)[:, None, None, None]
+    images = tf.clip_by_value(images + brightness, 0.0, 255.0)
+    contrast = 1.0 + uniform(AUGMENT_CONTRAST)[:, None, None, None]
+    mean = tf.reduce_mean(images, axis=(1, 2), keepdims=True)
+    return tf.clip_by_value((images - mean) * contrast + mean, 0.0, 255.0)
 
 
 def encode_targets(labels: Mapping[str, np.ndarray],
@@ -457,7 +496,7 @@ def make_dataset(images: np.ndarray, labels: Mapping[str, np.ndarray], tasks: Se
     batch_size : int
         Faces per batch.
     training : bool
-        Shuffle every epoch and augment (:func:`build_augmentation`) each batch.
+        Shuffle every epoch and augment (:func:`augment_batch`) each batch.
     seed : int, optional
         Seed of the shuffle and the augmentation.
 
@@ -470,14 +509,17 @@ def make_dataset(images: np.ndarray, labels: Mapping[str, np.ndarray], tasks: Se
     dataset = tf.data.Dataset.from_tensor_slices((images, encode_targets(labels, tasks)))
     if training:
         dataset = dataset.shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
-    augment = build_augmentation(seed) if training else None
+    generator = None
+    if training:
+        generator = (tf.random.Generator.from_non_deterministic_state() if seed is None
+                     else tf.random.Generator.from_seed(seed))
 
     @tf.autograph.experimental.do_not_convert  # plain tensor code, nothing to convert
     def prepare(images, targets):
         images = tf.cast(images, tf.float32)
-        return (images if augment is None else augment(images, training=True)), targets
+        return (images if generator is None else augment_batch(images, generator)), targets
 
-    # A sequential map: parallel calls would draw from the layers' random state in a
+    # A sequential map: parallel calls would draw from the generator's state in a
     # varying order, breaking seeded runs. Prefetching still overlaps it with training.
     return dataset.batch(batch_size).map(prepare).prefetch(tf.data.AUTOTUNE)
 

@@ -129,6 +129,33 @@ def test_augmentation_keeps_images_and_labels_paired():
     assert seen == count
 
 
+def test_augmentation_flips_faces_about_their_centre(monkeypatch):
+    """With the other distortions off, each face comes out as itself or as its exact
+    mirror image: the composed affine map flips about the image centre, on the pixel grid."""
+    import tensorflow as tf
+
+    for name in ("AUGMENT_SHIFT", "AUGMENT_ROTATION_DEG", "AUGMENT_ZOOM",
+                 "AUGMENT_BRIGHTNESS", "AUGMENT_CONTRAST"):
+        monkeypatch.setattr(cnn, name, 0.0)
+    faces = np.random.default_rng(4).integers(0, 256, (64, SIZE, SIZE, 1)).astype(np.float32)
+    out = cnn.augment_batch(tf.constant(faces), tf.random.Generator.from_seed(0)).numpy()
+    same = np.isclose(out, faces, atol=1e-3).all(axis=(1, 2, 3))
+    mirrored = np.isclose(out, faces[:, :, ::-1], atol=1e-3).all(axis=(1, 2, 3))
+    assert (same | mirrored).all()
+    assert 16 < mirrored.sum() < 48     # about half of the faces are flipped
+
+
+def test_augmentation_keeps_pixel_values_in_range():
+    import tensorflow as tf
+
+    faces = np.zeros((32, SIZE, SIZE, 1), np.float32)
+    faces[:, ::2] = 255
+    out = cnn.augment_batch(tf.constant(faces), tf.random.Generator.from_seed(1)).numpy()
+    assert out.shape == faces.shape
+    assert out.min() >= 0 and out.max() <= 255
+    assert len({out[i].tobytes() for i in range(len(out))}) == len(out)  # a draw per face
+
+
 def test_seeded_pipeline_is_reproducible():
     images = np.random.default_rng(3).integers(0, 256, (32, SIZE, SIZE, 1), dtype=np.uint8)
     labels = synthetic_labels(32)
