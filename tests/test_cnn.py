@@ -180,6 +180,21 @@ def test_fit_network_checks_its_epochs(tmp_path):
                     checkpoint_path=tmp_path / "best.weights.h5")
 
 
+def test_early_stopping_waits_for_the_second_half_of_the_schedule(tmp_path):
+    """Validation labels opposite to the training ones: the validation loss rises from the
+    first epoch, yet training runs past half of its epochs before patience can stop it."""
+    gender = np.tile([0, 1], 16)
+    images = np.zeros((32, SIZE, SIZE, 1), np.uint8)
+    images[gender == 1, : SIZE // 2] = 220     # an easy cue: bright top half = 1
+    images[gender == 0, SIZE // 2:] = 220
+    history = fit_network(build_model("default", (SIZE, SIZE, 1), ("gender",), seed=0),
+                          (images, {"gender": gender}), (images, {"gender": 1 - gender}),
+                          epochs=8, batch_size=16, patience=1, seed=0, verbose=0,
+                          checkpoint_path=tmp_path / "best.weights.h5")
+    assert history["val_loss"][-1] > history["val_loss"][0]
+    assert len(history["loss"]) >= 8 // 2 + 2
+
+
 def test_freezing_needs_a_saved_network(tmp_path):
     with pytest.raises(ValueError, match="init_from"):
         train_cnn(tmp_path, tmp_path / "out", freeze_trunk_epochs=1)
