@@ -36,8 +36,9 @@ Architectures (:data:`ARCHITECTURES`):
     dropout 0.2; per task a Dense-128 + Dropout-0.3 head. About 1.26 M weights and
     0.04 GMAC per 128x128 face. Halving the resolution made a training step about 3x
     faster here (151 against 51 training faces/s on 2 CPU cores, augmentation
-    included), so the same hour affords 30 epochs instead of 12; the network at full
-    resolution had its best validation loss at epoch 11 of 12 (2026-11-28).
+    included), so the same hour affords 30 epochs instead of 12 (now 45, with the
+    cheaper augmentation of :func:`augment_batch`); the network at full resolution had
+    its best validation loss at epoch 11 of 12 (2026-11-28).
 ``seed_baseline``
     The reference notebook's network, kept for comparison: Conv 32-64-128-256 (3x3,
     ReLU, valid padding), each followed by 2x2 max-pooling, Flatten, then per task Dense
@@ -45,7 +46,8 @@ Architectures (:data:`ARCHITECTURES`):
 
 Both are trained with the same protocol (:func:`fit_network`): on-the-fly augmentation,
 AdamW with decoupled weight decay, a cosine learning-rate schedule with warm-up, early
-stopping on the validation loss and the best epoch's weights restored.
+stopping on the validation loss in the second half of the schedule and the best epoch's
+weights restored.
 
 Devices
 -------
