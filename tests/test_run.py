@@ -191,8 +191,8 @@ def test_validation_scores_of_a_saved_run(run: Path, workdir: Path) -> None:
     age = validation_scores(run, "age", cache_dir=workdir / "cache")
     recorded = json.loads((run / "age_model.json").read_text())["validation"]
     assert age["faces"] == len(split.val)
-    # the same predictions up to float32 rounding, which BLAS kernels of other sizes
-    # (a whole part at once in training, batches here) may change in the last bits
+    # the same predictions up to float32 rounding, which BLAS may change in the last bits
+    # with the shape of the matrices it multiplies
     assert age["mae"] == pytest.approx(recorded["mae"], rel=1e-6)
     gender = validation_scores(run, "gender", cache_dir=workdir / "cache")
     assert 0 <= gender["accuracy"] <= 1 and gender["log_loss"] > 0
