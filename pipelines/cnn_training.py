@@ -173,7 +173,8 @@ def train_cnn(data_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
         Input colour; grayscale for a new network, the saved one's otherwise.
     epochs : int
         Maximum epochs (early stopping may end sooner). The default of 45 took 33 min
-        on a 2-core CPU (2026-12-02, 42 epochs run, 339 training faces/s).
+        on a 2-core CPU with AVX-512 (2026-12-02, 42 epochs run, 339 training faces/s);
+        about 55 min estimated on the 2x slower CPU of the earlier runs.
     batch_size : int
         Faces per step.
     learning_rate : float, optional
