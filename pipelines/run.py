@@ -144,6 +144,9 @@ def build_parser() -> argparse.ArgumentParser:
                           "default: %(default)s)")
     cnn.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE,
                      help="default: %(default)s")
+    cnn.add_argument("--color", choices=("gray", "rgb"), default=None,
+                     help="input colour of a new network (default: gray); a fine-tuned "
+                          "network keeps its own")
     cnn.add_argument("--init-from", type=Path, default=None, metavar="SAVED_MODEL",
                      help="fine-tune a saved CNN (model.keras) on --data instead of starting "
                           "from scratch; reports test metrics before and after")
@@ -158,7 +161,7 @@ def _run_cnn(args: argparse.Namespace, tasks: Sequence[str]) -> int:
     cnn_tasks = None if "all" in args.tasks else list(tasks)
     summary = train_cnn(args.data or default_data_dir(), args.out,
                         architecture=args.architecture, tasks=cnn_tasks,
-                        manifest_path=args.split, epochs=args.epochs,
+                        manifest_path=args.split, color=args.color, epochs=args.epochs,
                         batch_size=args.batch_size, seed=args.seed, n_jobs=args.n_jobs,
                         init_from=args.init_from, freeze_trunk_epochs=args.freeze_trunk_epochs,
                         overwrite=args.overwrite, progress=not args.quiet)

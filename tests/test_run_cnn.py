@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import pytest
 
+from models.cnn import load_model
 from pipelines.run import main
 from tests.conftest import link_faces
 
@@ -30,10 +31,12 @@ def test_default_tasks_follow_the_cnn_architecture(tmp_path, face_paths, capsys)
     out = tmp_path / "seed"
     argv = ["--model", "cnn", "--architecture", "seed_baseline", "--data", str(folder),
             "--split", str(tmp_path / "split.json"), "--out", str(out), "--epochs", "1",
-            "--batch-size", "8", "--n-jobs", "1", "--quiet"]
+            "--batch-size", "8", "--n-jobs", "1", "--color", "rgb", "--quiet"]
     assert main(argv) == 0          # no ethnicity head, and none asked for
     summary = json.loads((out / "cnn_summary.json").read_text())
     assert set(summary["test"]) == {"gender", "age"}
+    assert summary["color"] == "rgb"
+    assert load_model(out / "model.keras").network.input_shape == (None, 128, 128, 3)
     assert "cnn:seed_baseline" in capsys.readouterr().out
 
 
