@@ -52,11 +52,21 @@ def _uint8_orientation_table(orientations: int) -> np.ndarray:
 
 
 def _gradients(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Centred differences along rows and columns, zero on the border, per channel."""
-    g_row = np.zeros_like(images)
-    g_col = np.zeros_like(images)
-    g_row[:, 1:-1] = images[:, 2:] - images[:, :-2]
-    g_col[:, :, 1:-1] = images[:, :, 2:] - images[:, :, :-2]
+    """Centred differences along rows and columns, zero on the border, per channel.
+
+    Computed as shifted windows of the flattened batch (contiguous, much faster in numpy
+    than strided 4-D views); the values that straddle two rows or images lie on a
+    border and are zeroed.
+    """
+    flat = np.ascontiguousarray(images).reshape(-1)
+    row, column = images.shape[2] * images.shape[3], images.shape[3]
+    g_row, g_col = np.empty_like(flat), np.empty_like(flat)
+    np.subtract(flat[2 * row:], flat[:flat.size - 2 * row], out=g_row[row:flat.size - row])
+    np.subtract(flat[2 * column:], flat[:flat.size - 2 * column],
+                out=g_col[column:flat.size - column])
+    g_row, g_col = g_row.reshape(images.shape), g_col.reshape(images.shape)
+    g_row[:, [0, -1]] = 0
+    g_col[:, :, [0, -1]] = 0
     return g_row, g_col
 
 

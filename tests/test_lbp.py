@@ -55,6 +55,18 @@ def test_few_grey_levels_identical_to_skimage(n_points, radius) -> None:
                                               reference_codes(images, n_points, radius, method))
 
 
+def test_ramps_identical_to_skimage() -> None:
+    """On a ramp a diagonal neighbour's two axis neighbours are the centre plus and minus
+    one step and its diagonal pixel equals the centre: a tie in exact arithmetic that
+    float64 rounding decides, so those pixels are recomputed one by one."""
+    ramps = np.stack([np.add.outer(np.arange(48), np.arange(48)) * step % 256
+                      for step in (1, 3, 7, 100)]).astype(np.uint8)
+    images = np.concatenate([ramps, ramps[:, :, ::-1], 255 - ramps])
+    for method in ("uniform", "nri_uniform"):
+        np.testing.assert_array_equal(lbp_codes(images, 8, 1, method),
+                                      reference_codes(images, 8, 1, method))
+
+
 def test_code_types_hold_every_code() -> None:
     images = np.random.default_rng(5).integers(0, 256, (2, 20, 20), dtype=np.uint8)
     assert lbp_codes(images, 16, 2, "nri_uniform").dtype == np.uint8    # 243 codes
