@@ -54,7 +54,7 @@ def _uint8_orientation_table(orientations: int) -> np.ndarray:
 def _gradients(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Centred differences along rows and columns, zero on the border, per channel.
 
-    Computed as shifted windows of the flattened batch (contiguous, much faster in numpy
+    Computed as shifted windows of the flattened batch (contiguous, cheaper in numpy
     than strided 4-D views); the values that straddle two rows or images lie on a
     border and are zeroed.
     """
