@@ -145,8 +145,8 @@ def build_parser() -> argparse.ArgumentParser:
     cnn.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE,
                      help="default: %(default)s")
     cnn.add_argument("--color", choices=("gray", "rgb"), default=None,
-                     help="input colour of a new network (default: gray); a fine-tuned "
-                          "network keeps its own")
+                     help="input colour of a new network (default: gray); with "
+                          "--init-from the saved network's, and another is refused")
     cnn.add_argument("--init-from", type=Path, default=None, metavar="SAVED_MODEL",
                      help="fine-tune a saved CNN (model.keras) on --data instead of starting "
                           "from scratch; reports test metrics before and after")
