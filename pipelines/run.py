@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Sequence
 
 from features import EXTRACTORS
+from features.io import COLOR_MODES
 from models.cnn import ARCHITECTURES
 from models.factory import MODELS
 from pipelines.classical import DEFAULT_FEATURES, FeatureSpec, TrainConfig, run_classical
@@ -144,7 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
                           "default: %(default)s)")
     cnn.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE,
                      help="default: %(default)s")
-    cnn.add_argument("--color", choices=("gray", "rgb"), default=None,
+    cnn.add_argument("--color", choices=COLOR_MODES, default=None,
                      help="input colour of a new network (default: gray); with "
                           "--init-from the saved network's, and another is refused")
     cnn.add_argument("--init-from", type=Path, default=None, metavar="SAVED_MODEL",
