@@ -2,14 +2,16 @@
 
 Usage::
 
-    python -m benchmarks.extract_speed [--data DIR] [--sample 500] [--n-jobs 2]
+    python -m benchmarks.extract_speed [--data DIR] [--sample 500] [--n-jobs 2] [--repeat 3]
 
 Prints, from one run:
 1. single process, on ``--sample`` faces already decoded: batched HOG against
    ``skimage.feature.hog`` per image, and batched LBP grid histograms against
    ``skimage.feature.local_binary_pattern`` + ``np.histogram`` per cell, per image;
 2. the whole folder with ``--n-jobs`` processes: decode + resize alone, against
-   decode + resize + HOG + LBP features.
+   decode + resize + HOG + LBP features, the two passes alternating ``--repeat`` times;
+   the ratio of each pair and their median (a shared virtual machine's speed drifts
+   by 10-30% between passes, so one pair alone can mislead either way).
 """
 from __future__ import annotations
 
@@ -70,7 +72,11 @@ def main(argv: list[str] | None = None) -> None:
                         help="faces for the single-process comparison (default: %(default)s)")
     parser.add_argument("--n-jobs", type=int, default=os.cpu_count(),
                         help="processes for the whole-folder run (default: %(default)s)")
+    parser.add_argument("--repeat", type=int, default=3,
+                        help="alternating pairs of whole-folder passes (default: %(default)s)")
     args = parser.parse_args(argv)
+    if args.repeat < 1 or args.sample < 1:
+        parser.error("--repeat and --sample must be at least 1")
     logging.basicConfig(level=logging.WARNING)
 
     index = index_folder(args.data)
@@ -98,18 +104,22 @@ def main(argv: list[str] | None = None) -> None:
     def features(batch: np.ndarray) -> np.ndarray:
         return np.hstack([hog.transform(batch), lbp.transform(batch)])
 
-    start = time.perf_counter()
-    decoded = map_image_chunks(paths, n_jobs=args.n_jobs, description="decode + resize")
-    t_decode = time.perf_counter() - start
-    start = time.perf_counter()
-    extracted = map_image_chunks(paths, transform=features, n_jobs=args.n_jobs,
-                                 description="decode + resize + HOG + LBP")
-    t_extract = time.perf_counter() - start
+    def timed(transform, description):
+        start = time.perf_counter()
+        report = map_image_chunks(paths, transform=transform, n_jobs=args.n_jobs,
+                                  description=description)
+        return time.perf_counter() - start, report
+
     print(f"\nwhole folder, {len(paths)} faces, {args.n_jobs} processes")
-    print(f"decode + resize:              {t_decode:7.1f} s  {len(decoded.kept) / t_decode:7.0f} faces/s")
-    print(f"decode + resize + HOG + LBP:  {t_extract:7.1f} s  "
-          f"{len(extracted.kept) / t_extract:7.0f} faces/s  ({extracted.images.shape[1]} features)")
-    print(f"ratio: {t_extract / t_decode:.2f}x the time of decoding alone")
+    print(f"{'pass':>4s} {'decode + resize':>16s} {'+ HOG + LBP':>12s} {'ratio':>6s}")
+    ratios = []
+    for repetition in range(1, args.repeat + 1):
+        t_decode, decoded = timed(None, "decode + resize")
+        t_extract, extracted = timed(features, "decode + resize + HOG + LBP")
+        ratios.append(t_extract / t_decode)
+        print(f"{repetition:4d} {t_decode:14.1f} s {t_extract:10.1f} s {ratios[-1]:5.2f}x")
+    print(f"{len(decoded.kept)} faces decoded, {extracted.images.shape[1]} features each; "
+          f"median ratio: {np.median(ratios):.2f}x the time of decoding alone")
 
 
 if __name__ == "__main__":
