@@ -10,8 +10,8 @@ Prints, from one run:
    ``skimage.feature.local_binary_pattern`` + ``np.histogram`` per cell, per image;
 2. the whole folder with ``--n-jobs`` processes: decode + resize alone, against
    decode + resize + HOG + LBP features, the two passes alternating ``--repeat`` times;
-   the ratio of each pair and their median (a shared virtual machine's speed drifts
-   by 10-30% between passes, so one pair alone can mislead either way).
+   the ratio of each pair and their median (a shared virtual machine speeds up or
+   slows by up to a third between passes, so one pair alone can mislead).
 """
 from __future__ import annotations
 
