@@ -7,14 +7,12 @@ Two kinds of uniform codes (at most two changes between consecutive neighbours):
 the orientation of edges and corners). The codes equal
 ``skimage.feature.local_binary_pattern(image, P, R, method)`` bit for bit.
 
-scikit-image samples each circular neighbour by bilinear interpolation
-in float64 and compares it with the centre; where a neighbour is a weighted mix of
-pixels that equals the centre, float64 rounding decides the bit, so it must be
-reproduced exactly. Here the interpolation runs in float32 over the whole batch;
-the pixels whose float32 value lies within a safe margin of the centre are settled
-exactly: in flat areas (all source pixels equal to the centre, the common case) from
-a table of scikit-image's float64 outcome per grey level, elsewhere by recomputing
-scikit-image's float64 arithmetic at those pixels.
+scikit-image samples each circular neighbour by bilinear interpolation in float64
+and compares it with the centre; where a neighbour is a weighted mix of pixels that
+equals the centre, float64 rounding decides the bit. Here the same float64 arithmetic,
+in the same order and with the same per-row and per-column weights, runs over a few
+images at a time (small chunks keep the float64 temporaries in the processor cache),
+so every bit is scikit-image's.
 """
 from __future__ import annotations
 
@@ -26,10 +24,7 @@ from sklearn.base import BaseEstimator, TransformerMixin
 from features._batch import as_image_batch, to_gray
 
 METHODS = ("uniform", "nri_uniform")
-_CHUNK = 16
-# float32 interpolation error is below 8 * 2**-24 of the largest value; 1e-5 leaves
-# a wide margin, and every pixel inside it is settled exactly
-_RELATIVE_MARGIN = 1e-5
+_CHUNK = 4
 
 
 def _neighbour_offsets(n_points: int, radius: float) -> tuple[np.ndarray, np.ndarray]:
@@ -50,39 +45,17 @@ class _Neighbour:
     def __init__(self, row_offset: float, col_offset: float, height: int, width: int):
         rows = np.arange(height, dtype=np.float64) + row_offset
         cols = np.arange(width, dtype=np.float64) + col_offset
-        self.frac_rows = rows - np.floor(rows)
+        self.frac_rows = (rows - np.floor(rows))[:, None]
         self.frac_cols = cols - np.floor(cols)
         self.row_shift = int(np.floor(rows[0]))
         self.col_shift = int(np.floor(cols[0]))
         self.row_step = int(self.frac_rows.any())
         self.col_step = int(self.frac_cols.any())
-        self.flat_bit = self._flat_outcome()
 
     @property
-    def on_grid(self) -> bool:
-        return not (self.row_step or self.col_step)
-
-    @property
-    def reads_centre(self) -> bool:
-        """Whether the centre pixel is one of the source pixels."""
-        return (self.row_shift <= 0 <= self.row_shift + self.row_step
-                and self.col_shift <= 0 <= self.col_shift + self.col_step)
-
-    def _flat_outcome(self) -> bool | None:
-        """scikit-image's bit where all source pixels equal the centre, for 8-bit grey
-        levels: True or False when the same at every pixel and level, else None."""
-        level = np.arange(256, dtype=np.float64)
-        dr = np.unique(self.frac_rows)[:, None, None]
-        dc = np.unique(self.frac_cols)[None, :, None]
-        top = (1 - dc) * level + dc * level
-        bits = (1 - dr) * top + dr * top >= level
-        return bool(bits.flat[0]) if (bits == bits.flat[0]).all() else None
-
-    def top_left(self, padded: np.ndarray, pad: int, height: int, width: int) -> np.ndarray:
-        """View of the first source pixel (the only one on the grid) of every pixel of a
-        padded chunk."""
-        r0, c0 = pad + self.row_shift, pad + self.col_shift
-        return padded[:, r0:r0 + height, c0:c0 + width]
+    def column_key(self) -> tuple[int, bytes]:
+        """Equal for neighbours that share the sampling along columns."""
+        return self.col_shift, self.frac_cols.tobytes()
 
 
 @lru_cache(maxsize=16)
@@ -91,87 +64,39 @@ def _neighbours(n_points: int, radius: float, height: int, width: int) -> list[_
             for r, c in zip(*_neighbour_offsets(n_points, radius))]
 
 
-def _exact_bits(neighbour: _Neighbour, padded: np.ndarray, chunk: np.ndarray, pad: int,
-                pixels: np.ndarray) -> np.ndarray:
-    """scikit-image's float64 ``neighbour >= centre`` at flat pixel indices of a chunk."""
-    _, height, width = chunk.shape
-    padded_height, padded_width = padded.shape[1:]
-    image, within = np.divmod(pixels, height * width)
-    rows, cols = np.divmod(within, width)
-    top_left = ((image * padded_height + rows + pad + neighbour.row_shift) * padded_width
-                + cols + pad + neighbour.col_shift)
-    flat = padded.reshape(-1)
-    top_left_v, top_right, bottom_left, bottom_right = (
-        flat[top_left + dr * padded_width + dc].astype(np.float64)
-        for dr in (0, neighbour.row_step) for dc in (0, neighbour.col_step))
-    dr, dc = neighbour.frac_rows[rows], neighbour.frac_cols[cols]
-    top = (1 - dc) * top_left_v + dc * top_right
-    bottom = (1 - dc) * bottom_left + dc * bottom_right
-    return (1 - dr) * top + dr * bottom >= chunk.reshape(-1)[pixels].astype(np.float64)
-
-
-def _equal_pixels(padded: np.ndarray) -> dict[tuple[int, int], np.ndarray]:
-    """Where a padded chunk's pixel equals the pixel to its right, the pixel below, and
-    every pixel of the 2x2 block it starts, keyed by a neighbour's (row_step, col_step)."""
-    right = padded[:, :, :-1] == padded[:, :, 1:]
-    below = padded[:, :-1] == padded[:, 1:]
-    block = right[:, :-1] & right[:, 1:]
-    block &= below[:, :, :-1]
-    return {(0, 1): right, (1, 0): below, (1, 1): block}
-
-
-def _interpolate_columns(padded32: np.ndarray, neighbour: _Neighbour, pad: int,
-                         width: int) -> np.ndarray:
-    """float32 sampling along columns over every padded row, (n, H + 2 pad, W)."""
+def _sample_columns(padded: np.ndarray, neighbour: _Neighbour, pad: int,
+                    width: int) -> np.ndarray:
+    """Sampling along columns over every padded row, (n, H + 2 pad, W): scikit-image's
+    ``(1 - dc) * left + dc * right`` in float64 (``left`` alone for whole offsets)."""
     c0 = pad + neighbour.col_shift
-    left = padded32[:, :, c0:c0 + width]
+    left = padded[:, :, c0:c0 + width]
     if not neighbour.col_step:
         return left
-    dc = np.float32(neighbour.frac_cols[0])
-    out = left * (1 - dc)
-    out += padded32[:, :, c0 + 1:c0 + 1 + width] * dc
+    dc = neighbour.frac_cols
+    left = left.astype(np.float64)
+    out = np.multiply(left, 1 - dc, out=left)
+    out += np.multiply(padded[:, :, c0 + 1:c0 + 1 + width], dc)
     return out
 
 
-def _neighbour_bits(chunk: np.ndarray, padded: np.ndarray, by_columns: np.ndarray,
-                    centre32: np.ndarray, equal: dict | None, neighbour: _Neighbour,
-                    pad: int, margin: float, out: np.ndarray, value: np.ndarray,
-                    scratch: np.ndarray) -> None:
-    """Write scikit-image's ``neighbour >= centre`` for a chunk into ``out`` (n, H, W).
+def _neighbour_bits(chunk: np.ndarray, centre, by_columns: np.ndarray, neighbour: _Neighbour,
+                    pad: int, out: np.ndarray, value: np.ndarray, scratch: np.ndarray) -> None:
+    """Write scikit-image's ``neighbour >= centre`` for a chunk (n, H, W) into ``out``.
 
-    ``by_columns`` is the chunk already sampled along columns (float32); the rows are
-    sampled here, then the pixels near a tie are settled exactly, in flat areas with
-    ``equal`` (:func:`_equal_pixels`, 8-bit images only). ``value`` and ``scratch``
-    are float32 buffers of the chunk's shape.
+    ``by_columns`` is the chunk sampled along columns (:func:`_sample_columns`); the rows
+    are sampled here as ``(1 - dr) * top + dr * bottom``. ``value`` and ``scratch`` are
+    float64 buffers of the chunk's shape.
     """
-    _, height, width = chunk.shape
-    source = neighbour.top_left(padded, pad, height, width)
-    if neighbour.on_grid:
-        np.greater_equal(source, chunk, out=out)
-        return
+    height = chunk.shape[1]
     r0 = pad + neighbour.row_shift
-    if neighbour.row_step:
-        dr = np.float32(neighbour.frac_rows[0])
-        np.multiply(by_columns[:, r0:r0 + height], 1 - dr, out=value)
-        value += np.multiply(by_columns[:, r0 + 1:r0 + 1 + height], dr, out=scratch)
-        value -= centre32
-    else:
-        np.subtract(by_columns[:, r0:r0 + height], centre32, out=value)
-    np.greater_equal(value, 0, out=out)
-    close = np.abs(value, out=value) <= margin
-    if equal is not None and neighbour.flat_bit is not None:
-        c0 = pad + neighbour.col_shift
-        flat = equal[neighbour.row_step, neighbour.col_step][:, r0:r0 + height, c0:c0 + width]
-        if not neighbour.reads_centre:
-            flat = flat & (source == chunk)
-        if neighbour.flat_bit:
-            out |= flat
-        else:
-            out &= ~flat
-        np.greater(close, flat, out=close)  # close and not flat
-    pixels = np.flatnonzero(close)
-    if pixels.size:
-        out.reshape(-1)[pixels] = _exact_bits(neighbour, padded, chunk, pad, pixels)
+    top = by_columns[:, r0:r0 + height]
+    if not neighbour.row_step:
+        np.greater_equal(top, chunk, out=out)
+        return
+    dr = neighbour.frac_rows
+    np.multiply(top, 1 - dr, out=value)
+    value += np.multiply(by_columns[:, r0 + 1:r0 + 1 + height], dr, out=scratch)
+    np.greater_equal(value, centre, out=out)
 
 
 def _chunk_codes(chunk: np.ndarray, neighbours: list[_Neighbour], pad: int,
@@ -179,24 +104,21 @@ def _chunk_codes(chunk: np.ndarray, neighbours: list[_Neighbour], pad: int,
     """LBP codes of a chunk of (n, H, W) images, counted neighbour by neighbour, never
     holding all P bit planes (see :func:`lbp_codes`)."""
     n_points = len(neighbours)
-    height, width = chunk.shape[1:]
-    padded = np.pad(chunk, ((0, 0), (pad, pad), (pad, pad)))
-    padded32 = padded.astype(np.float32)
-    centre32 = padded32[:, pad:pad + height, pad:pad + width]
-    margin = _RELATIVE_MARGIN * max(1.0, float(np.abs(padded32).max()))
-    value, scratch = np.empty(chunk.shape, np.float32), np.empty(chunk.shape, np.float32)
+    width = chunk.shape[2]
+    padded = np.zeros((len(chunk), chunk.shape[1] + 2 * pad, width + 2 * pad), chunk.dtype)
+    padded[:, pad:-pad, pad:-pad] = chunk
+    value, scratch = np.empty(chunk.shape, np.float64), np.empty(chunk.shape, np.float64)
     bit, previous = np.empty(chunk.shape, bool), np.empty(chunk.shape, bool)
     ones, changes = np.zeros(chunk.shape, np.uint8), np.zeros(chunk.shape, np.uint8)
     # nri_uniform: the first bit and the length of the first run of equal bits
     first_bit, first_run = None, np.ones(chunk.shape, np.uint8)
-    equal = _equal_pixels(padded) if chunk.dtype == np.uint8 else None
     by_columns = {}
+    centre = chunk.astype(np.float64)
     for k, neighbour in enumerate(neighbours):
-        key = (neighbour.col_shift, neighbour.frac_cols[0])
+        key = neighbour.column_key
         if key not in by_columns:
-            by_columns[key] = _interpolate_columns(padded32, neighbour, pad, width)
-        _neighbour_bits(chunk, padded, by_columns[key], centre32, equal, neighbour, pad,
-                        margin, bit, value, scratch)
+            by_columns[key] = _sample_columns(padded, neighbour, pad, width)
+        _neighbour_bits(chunk, centre, by_columns[key], neighbour, pad, bit, value, scratch)
         ones += bit.view(np.uint8)
         if k:
             changes += np.not_equal(bit, previous, out=previous).view(np.uint8)
