@@ -165,7 +165,8 @@ def hog_batch(images: np.ndarray, orientations: int = 9,
     orientations, pixels_per_cell, cells_per_block, block_norm, transform_sqrt
         As in ``skimage.feature.hog``.
     dtype : dtype, optional
-        Output type.
+        Output type, in which the blocks are also normalised (float32 values lie within
+        about 1e-7 of scikit-image's float64 ones).
 
     Returns
     -------
@@ -189,7 +190,9 @@ def hog_batch(images: np.ndarray, orientations: int = 9,
     for start in range(0, len(images), _CHUNK):
         chunk = images[start:start + _CHUNK]
         bins, magnitudes = _bins_and_magnitudes(chunk, orientations, transform_sqrt)
-        histograms = _cell_histograms(bins, magnitudes, orientations, pixels_per_cell)
+        # normalised in the output type: float32 halves the memory traffic
+        histograms = _cell_histograms(bins, magnitudes, orientations,
+                                      pixels_per_cell).astype(dtype, copy=False)
         # (n, blocks_r, blocks_c, o, b_r, b_c) -> (n, blocks_r * blocks_c, b_r * b_c * o)
         blocks = sliding_window_view(histograms, (block_rows, block_cols), axis=(1, 2))
         blocks = blocks.transpose(0, 1, 2, 4, 5, 3).reshape(len(chunk), n_blocks, -1)
