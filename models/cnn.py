@@ -45,6 +45,9 @@ Architectures (:data:`ARCHITECTURES`):
     256 + Dropout 0.3. Gender and age heads only; inputs of at least 46x46 pixels.
 
 Both are trained with the same protocol (:func:`fit_network`): on-the-fly augmentation,
+label smoothing of 0.1 on the gender and ethnicity cross-entropies (the targets become
+0.05 / 0.95 and 0.02 / 0.92: it curbs overconfidence on UTKFace's noisy labels, and it
+scored better on every task of the validation split, see the README),
 AdamW with decoupled weight decay, a cosine learning-rate schedule with warm-up, early
 stopping on the validation loss in the second half of the schedule and the best epoch's
 weights restored.
@@ -90,6 +93,9 @@ LOSS_WEIGHTS: dict[str, float] = {"gender": 1.0, "ethnicity": 1.0, "age": 1.0 / 
 DEFAULT_LEARNING_RATE = 1e-3
 DEFAULT_WEIGHT_DECAY = 1e-2
 DEFAULT_PATIENCE = 5
+#: Label smoothing of the gender and ethnicity cross-entropies (chosen on the validation
+#: split, see the README).
+DEFAULT_LABEL_SMOOTHING = 0.1
 _FINAL_LR_FRACTION = 0.01
 _NO_DECAY = ("bias", "gamma", "beta")
 
@@ -363,9 +369,25 @@ def distribution_strategy() -> tf.distribute.Strategy:
 # --- training ---------------------------------------------------------------------------
 
 
+def _sparse_crossentropy(label_smoothing: float) -> Callable:
+    """Sparse categorical cross-entropy with label smoothing, which Keras' own sparse
+    loss lacks: the integer codes are one-hot encoded first."""
+    import keras
+    from keras import ops
+
+    def sparse_crossentropy(y_true, y_pred):
+        codes = ops.reshape(ops.cast(y_true, "int32"), (-1,))
+        return keras.losses.categorical_crossentropy(
+            ops.one_hot(codes, ops.shape(y_pred)[-1], dtype=y_pred.dtype), y_pred,
+            label_smoothing=label_smoothing)
+
+    return sparse_crossentropy
+
+
 def compile_network(network: keras.Model, *, learning_rate: float = DEFAULT_LEARNING_RATE,
                     total_steps: int, warmup_steps: int = 0,
-                    weight_decay: float = DEFAULT_WEIGHT_DECAY) -> None:
+                    weight_decay: float = DEFAULT_WEIGHT_DECAY,
+                    label_smoothing: float = DEFAULT_LABEL_SMOOTHING) -> None:
     """Compile with per-task losses and metrics, AdamW and a cosine schedule.
 
     Parameters
@@ -380,12 +402,15 @@ def compile_network(network: keras.Model, *, learning_rate: float = DEFAULT_LEAR
         Steps of linear warm-up from 10% of the peak.
     weight_decay : float
         AdamW decoupled weight decay (not applied to biases and normalisation).
+    label_smoothing : float
+        Share of each gender and ethnicity target spread evenly over the classes.
 
     Notes
     -----
-    Losses: binary cross-entropy (gender), sparse categorical cross-entropy (ethnicity),
-    mean absolute error in years (age), weighted by :data:`LOSS_WEIGHTS`. Metrics are
-    logged as ``gender_acc``, ``ethnicity_acc`` and ``age_mae`` (years).
+    Losses: binary cross-entropy (gender), categorical cross-entropy of the ethnicity
+    codes (both with label smoothing), mean absolute error in years (age), weighted by
+    :data:`LOSS_WEIGHTS`. Metrics are logged as ``gender_acc``, ``ethnicity_acc`` and
+    ``age_mae`` (years).
     """
     import keras
 
@@ -397,8 +422,8 @@ def compile_network(network: keras.Model, *, learning_rate: float = DEFAULT_LEAR
         warmup_target=learning_rate if warmup_steps else None, warmup_steps=warmup_steps)
     optimizer = keras.optimizers.AdamW(learning_rate=schedule, weight_decay=weight_decay)
     optimizer.exclude_from_weight_decay(var_names=list(_NO_DECAY))
-    losses = {"gender": keras.losses.BinaryCrossentropy(),
-              "ethnicity": keras.losses.SparseCategoricalCrossentropy(),
+    losses = {"gender": keras.losses.BinaryCrossentropy(label_smoothing=label_smoothing),
+              "ethnicity": _sparse_crossentropy(label_smoothing),
               "age": keras.losses.MeanAbsoluteError()}
     metrics = {"gender": [keras.metrics.BinaryAccuracy(name="acc")],
                "ethnicity": [keras.metrics.SparseCategoricalAccuracy(name="acc")],

@@ -106,6 +106,21 @@ def test_training_steps_lower_the_loss_on_a_fixed_batch():
     assert np.mean(losses[-3:]) < 0.7 * np.mean(losses[:3])
 
 
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+def test_ethnicity_loss_is_the_smoothed_cross_entropy_of_the_codes(smoothing):
+    import keras
+
+    codes = np.array([0, 3, 4, 1, 2], dtype=np.int32)
+    probabilities = np.random.default_rng(2).dirichlet(np.ones(5), size=5).astype(np.float32)
+    targets = np.eye(5)[codes] * (1 - smoothing) + smoothing / 5
+    expected = -(targets * np.log(probabilities)).sum(axis=1)
+    loss = np.asarray(cnn._sparse_crossentropy(smoothing)(codes, probabilities))
+    np.testing.assert_allclose(loss, expected, rtol=1e-5)
+    if smoothing == 0.0:  # Keras' own sparse loss, which has no smoothing
+        reference = keras.losses.SparseCategoricalCrossentropy(reduction=None)
+        np.testing.assert_allclose(loss, reference(codes, probabilities), rtol=1e-6)
+
+
 def test_augmentation_keeps_images_and_labels_paired():
     """The label is drawn into the image (bright top half = 1); augmentation keeps it."""
     count = 64
