@@ -79,13 +79,15 @@ def _sample_columns(padded: np.ndarray, neighbour: _Neighbour, pad: int,
     return out
 
 
-def _neighbour_bits(chunk: np.ndarray, centre, by_columns: np.ndarray, neighbour: _Neighbour,
-                    pad: int, out: np.ndarray, value: np.ndarray, scratch: np.ndarray) -> None:
+def _neighbour_bits(chunk: np.ndarray, centre: np.ndarray, by_columns: np.ndarray,
+                    neighbour: _Neighbour, pad: int, out: np.ndarray, value: np.ndarray,
+                    scratch: np.ndarray) -> None:
     """Write scikit-image's ``neighbour >= centre`` for a chunk (n, H, W) into ``out``.
 
-    ``by_columns`` is the chunk sampled along columns (:func:`_sample_columns`); the rows
-    are sampled here as ``(1 - dr) * top + dr * bottom``. ``value`` and ``scratch`` are
-    float64 buffers of the chunk's shape.
+    ``centre`` is the chunk in float64 (compared with interpolated values without a cast
+    per neighbour); ``by_columns`` is the chunk sampled along columns
+    (:func:`_sample_columns`); the rows are sampled here as ``(1 - dr) * top + dr *
+    bottom``. ``value`` and ``scratch`` are float64 buffers of the chunk's shape.
     """
     height = chunk.shape[1]
     r0 = pad + neighbour.row_shift
