@@ -45,10 +45,10 @@ Architectures (:data:`ARCHITECTURES`):
     256 + Dropout 0.3. Gender and age heads only; inputs of at least 46x46 pixels.
 
 Both are trained with the same protocol (:func:`fit_network`): on-the-fly augmentation,
-label smoothing of 0.1 on the gender and ethnicity cross-entropies (the targets become
-0.05 / 0.95 and 0.02 / 0.92: it curbs overconfidence on UTKFace's noisy labels, and it
-scored better on every task of the validation split, see the README),
-AdamW with decoupled weight decay, a cosine learning-rate schedule with warm-up, early
+label smoothing of 0.1 on the gender and ethnicity cross-entropies (targets 0.05 / 0.95
+and 0.02 / 0.92, a guard against overconfident fits to noisy labels; with two seeds it
+scored better on every task of the validation split, see the README), AdamW with
+decoupled weight decay, a cosine learning-rate schedule with warm-up, early
 stopping on the validation loss in the second half of the schedule and the best epoch's
 weights restored.
 
