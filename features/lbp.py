@@ -39,7 +39,8 @@ class _Neighbour:
     Bilinear sampling reads the pixels at ``(r + row_shift + {0, row_step},
     c + col_shift + {0, col_step})`` and weighs them with the fractions
     ``frac_rows[r]`` and ``frac_cols[c]``, computed as scikit-image does
-    (``r + offset - floor(r + offset)`` in float64).
+    (``r + offset - floor(r + offset)`` in float64); ``frac_rows`` is a column (H, 1)
+    that broadcasts along each row.
     """
 
     def __init__(self, row_offset: float, col_offset: float, height: int, width: int):
@@ -51,11 +52,8 @@ class _Neighbour:
         self.col_shift = int(np.floor(cols[0]))
         self.row_step = int(self.frac_rows.any())
         self.col_step = int(self.frac_cols.any())
-
-    @property
-    def column_key(self) -> tuple[int, bytes]:
-        """Equal for neighbours that share the sampling along columns."""
-        return self.col_shift, self.frac_cols.tobytes()
+        # equal for neighbours that share the sampling along columns
+        self.column_key = (self.col_shift, self.frac_cols.tobytes())
 
 
 @lru_cache(maxsize=16)
