@@ -23,6 +23,19 @@ def as_image_batch(images) -> np.ndarray:
     return images
 
 
+def cell_index(size: int, n_cells: int) -> np.ndarray:
+    """Cell of every pixel along one axis split into ``n_cells`` near-equal cells.
+
+    Raises
+    ------
+    ValueError
+        If there are more cells than pixels.
+    """
+    if not 1 <= n_cells <= size:
+        raise ValueError(f"cannot split {size} pixels into {n_cells} cells")
+    return np.arange(size) * n_cells // size
+
+
 _LUMA = np.array([299, 587, 114]) / 1000
 
 

@@ -12,6 +12,7 @@ from sklearn.base import clone
 from sklearn.pipeline import FeatureUnion
 
 from features.embeddings import DlibFaceDescriptor
+from features.gabor import GaborFeatures
 from features.hog import HOGFeatures
 from features.io import DEFAULT_SIZE, LoadReport, map_image_chunks
 from features.lbp import LBPFeatures
@@ -25,6 +26,7 @@ EXTRACTORS = {
     "lbp": LBPFeatures(),
     "lbp-nri": LBPFeatures(method="nri_uniform"),
     "hog+lbp": FeatureUnion([("hog", HOGFeatures()), ("lbp", LBPFeatures())]),
+    "gabor": GaborFeatures(),
     # dlib is imported by fit/transform only; extract with size=(200, 200), color="rgb"
     "dlib": DlibFaceDescriptor(),
 }
@@ -33,7 +35,8 @@ EXTRACTORS = {
 def make_extractor(name: str):
     """A fresh stateless extractor by name: ``pixels``, ``hog``, ``lbp`` (rotation
     invariant uniform codes), ``lbp-nri`` (uniform codes that keep their orientation),
-    ``hog+lbp`` or ``dlib`` (pretrained face descriptors, :mod:`features.embeddings`).
+    ``hog+lbp``, ``gabor`` (Gabor filter-bank energies, :mod:`features.gabor`) or ``dlib``
+    (pretrained face descriptors, :mod:`features.embeddings`).
 
     Learnt steps such as PCA belong to the model pipeline after these (see
     :func:`features.pixels.eigenfaces`).

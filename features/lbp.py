@@ -21,7 +21,7 @@ from functools import lru_cache
 import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin
 
-from features._batch import as_image_batch, to_gray
+from features._batch import as_image_batch, cell_index, to_gray
 
 METHODS = ("uniform", "nri_uniform")
 _CHUNK = 4
@@ -205,13 +205,6 @@ def lbp_codes(images: np.ndarray, n_points: int = 8, radius: float = 1.0,
     return codes
 
 
-def _cell_edges(size: int, n_cells: int) -> np.ndarray:
-    """Cell index of every pixel along one axis, for ``n_cells`` near-equal cells."""
-    if not 1 <= n_cells <= size:
-        raise ValueError(f"cannot split {size} pixels into {n_cells} cells")
-    return np.arange(size) * n_cells // size
-
-
 def lbp_histograms(images: np.ndarray, n_points: int = 8, radius: float = 1.0,
                    grid: tuple[int, int] = (8, 8), dtype: np.dtype = np.float32,
                    method: str = "uniform") -> np.ndarray:
@@ -239,7 +232,7 @@ def lbp_histograms(images: np.ndarray, n_points: int = 8, radius: float = 1.0,
     images = as_image_batch(images)
     n_images, height, width = images.shape[:3]
     n_codes, n_cells = _n_codes(n_points, method), grid[0] * grid[1]
-    cell = _cell_edges(height, grid[0])[:, None] * grid[1] + _cell_edges(width, grid[1])
+    cell = cell_index(height, grid[0])[:, None] * grid[1] + cell_index(width, grid[1])
     # bin of (image in chunk, cell, code) = slot + code
     slot = ((np.arange(_CHUNK)[:, None, None] * n_cells + cell) * n_codes).astype(np.intp)
     counts = np.empty((n_images, n_cells * n_codes), dtype=np.intp)
