@@ -85,7 +85,7 @@ class FeatureSpec:
     ----------
     extractor : str
         Name for :func:`features.make_extractor` (``pixels``, ``hog``, ``lbp``, ``lbp-nri``,
-        ``hog+lbp``, ``dlib``).
+        ``hog+lbp``, ``gabor``, ``dlib``).
     size : tuple of int
         Image (height, width) the extractor sees.
     color : {"gray", "rgb"}
@@ -162,13 +162,17 @@ class FeatureSpec:
 #: codes that keep their orientation, which beat the rotation invariant ones for gender
 #: and ethnicity in every fold of a 5-fold cross-validation on the training and
 #: validation faces, and 100 principal components rather than 50, better for gender in
-#: every fold and for ethnicity on average; benchmarks/README.md) and 16x16 colour
-#: thumbnails (skin tone, hair), each block reduced by its own PCA.
+#: every fold and for ethnicity on average; benchmarks/README.md), 16x16 colour
+#: thumbnails (skin tone, hair) and Gabor energies of 64x64 faces (oriented texture at
+#: four scales; better by 5-fold cross-validation for ethnicity in 4 folds, +0.6 points,
+#: for age in all 5, -0.05 years, and for gender on average), each block reduced by its
+#: own PCA.
 DEFAULT_FEATURES: tuple[FeatureSpec, ...] = (
     FeatureSpec("hog", (128, 128), "gray", 250),
     FeatureSpec("hog", (64, 64), "gray", 100),
     FeatureSpec("lbp-nri", (128, 128), "gray", 100),
     FeatureSpec("pixels", (16, 16), "rgb", 50),
+    FeatureSpec("gabor", (64, 64), "gray", 200),
 )
 
 
