@@ -6,8 +6,10 @@ Usage::
 
 Prints, from one run:
 1. single process, on ``--sample`` faces already decoded: batched HOG against
-   ``skimage.feature.hog`` per image, and batched LBP grid histograms against
-   ``skimage.feature.local_binary_pattern`` + ``np.histogram`` per cell, per image;
+   ``skimage.feature.hog`` per image, batched LBP grid histograms against
+   ``skimage.feature.local_binary_pattern`` + ``np.histogram`` per cell, per image, and
+   batched Gabor energies (64x64 faces) against ``skimage.filters.gabor`` per image and
+   filter (on at most ``GABOR_REFERENCE_FACES`` faces: it takes about 0.1 s per face);
 2. the whole folder with ``--n-jobs`` processes: decode + resize alone, against
    decode + resize + HOG + LBP features, the two passes alternating ``--repeat`` times;
    the ratio of each pair and their median (a shared virtual machine speeds up or
@@ -23,6 +25,8 @@ import time
 
 import numpy as np
 
+from features._batch import cell_index
+from features.gabor import GaborFeatures
 from features.hog import HOGFeatures
 from features.io import map_image_chunks
 from features.lbp import LBPFeatures
@@ -64,6 +68,28 @@ def skimage_lbp_per_image(images: np.ndarray, lbp: LBPFeatures) -> np.ndarray:
     return np.stack(features)
 
 
+GABOR_REFERENCE_FACES = 50
+
+
+def skimage_gabor_per_image(images: np.ndarray, gabor: GaborFeatures) -> np.ndarray:
+    """Reference: ``skimage.filters.gabor`` per image and filter, the magnitude of each
+    response averaged over each grid cell."""
+    from skimage.filters import gabor as skimage_gabor
+
+    rows = cell_index(images.shape[1], gabor.grid[0])
+    cols = cell_index(images.shape[2], gabor.grid[1])
+    features = []
+    for image in images:
+        for frequency in gabor.frequencies:
+            for k in range(gabor.orientations):
+                real, imaginary = skimage_gabor(image[..., 0] / 255, frequency, mode="mirror",
+                                                theta=np.pi * k / gabor.orientations)
+                magnitude = np.hypot(real, imaginary)
+                features.extend(magnitude[rows == row][:, cols == col].mean()
+                                for row in range(gabor.grid[0]) for col in range(gabor.grid[1]))
+    return np.reshape(features, (len(images), -1))
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", default=str(default_data_dir()),
@@ -81,19 +107,24 @@ def main(argv: list[str] | None = None) -> None:
 
     index = index_folder(args.data)
     paths = index.paths
-    sample = map_image_chunks(paths[:: max(1, len(paths) // args.sample)][:args.sample],
-                              progress=False).images
-    hog, lbp = HOGFeatures(), LBPFeatures()
+    sample_paths = paths[:: max(1, len(paths) // args.sample)][:args.sample]
+    sample = map_image_chunks(sample_paths, progress=False).images
+    small = map_image_chunks(sample_paths, size=(64, 64), progress=False).images
+    hog, lbp, gabor = HOGFeatures(), LBPFeatures(), GaborFeatures()
     print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
-          f"{len(sample)} faces 128x128 gray, single process")
+          f"{len(sample)} faces 128x128 gray (Gabor: 64x64), single process")
     rows = []
-    for name, ours, reference in [
-            ("HOG 9 orient., 8x8 cells, 2x2 blocks", lambda: hog.transform(sample),
-             lambda: skimage_hog_per_image(sample, hog)),
-            ("LBP P=8 R=1 uniform, 8x8 grid hist.", lambda: lbp.transform(sample),
-             lambda: skimage_lbp_per_image(sample, lbp))]:
-        t_ours, t_ref = _best_time(ours), _best_time(reference, repeat=1)
-        rows.append((name, t_ref / len(sample) * 1e3, t_ours / len(sample) * 1e3, t_ref / t_ours))
+    for name, faces, ours, reference, n_reference in [
+            ("HOG 9 orient., 8x8 cells, 2x2 blocks", sample, hog.transform,
+             lambda faces: skimage_hog_per_image(faces, hog), len(sample)),
+            ("LBP P=8 R=1 uniform, 8x8 grid hist.", sample, lbp.transform,
+             lambda faces: skimage_lbp_per_image(faces, lbp), len(sample)),
+            ("Gabor 4 freq. x 8 orient., 8x8 grid", small, gabor.transform,
+             lambda faces: skimage_gabor_per_image(faces, gabor), GABOR_REFERENCE_FACES)]:
+        t_ours = _best_time(lambda: ours(faces)) / len(faces)
+        reference_faces = faces[:n_reference]
+        t_ref = _best_time(lambda: reference(reference_faces), repeat=1) / len(reference_faces)
+        rows.append((name, t_ref * 1e3, t_ours * 1e3, t_ref / t_ours))
     print(f"{'extractor':40s} {'skimage ms/face':>16s} {'batched ms/face':>16s} {'speed-up':>9s}")
     for name, ref_ms, ours_ms, ratio in rows:
         print(f"{name:40s} {ref_ms:16.3f} {ours_ms:16.3f} {ratio:8.1f}x")
