@@ -9,7 +9,7 @@ Prints, from one run:
    ``skimage.feature.hog`` per image, batched LBP grid histograms against
    ``skimage.feature.local_binary_pattern`` + ``np.histogram`` per cell, per image, and
    batched Gabor energies (64x64 faces) against ``skimage.filters.gabor`` per image and
-   filter (on at most ``GABOR_REFERENCE_FACES`` faces: it takes about 0.1 s per face);
+   filter (on at most ``GABOR_REFERENCE_FACES`` faces: it takes about 0.25 s per face);
 2. the whole folder with ``--n-jobs`` processes: decode + resize alone, against
    decode + resize + HOG + LBP features, the two passes alternating ``--repeat`` times;
    the ratio of each pair and their median (a shared virtual machine speeds up or
