@@ -79,6 +79,7 @@ def gabor_energies(images: np.ndarray, frequencies: Sequence[float] = (0.1, 0.16
         raise ValueError(f"frequencies must be in (0, 0.5] cycles per pixel, got {frequencies}")
     if int(orientations) != orientations or orientations < 1:
         raise ValueError(f"orientations must be a positive integer, got {orientations}")
+    orientations = int(orientations)
     images = to_gray(as_image_batch(images))
     images = images / np.float32(255) if images.dtype == np.uint8 else images.astype(np.float32)
     n_images, height, width = images.shape
@@ -88,7 +89,7 @@ def gabor_energies(images: np.ndarray, frequencies: Sequence[float] = (0.1, 0.16
     cell_pixels = np.diff(row_starts, append=height)[:, None] * np.diff(col_starts, append=width)
     out = np.empty((n_images, len(frequencies), orientations, grid[0], grid[1]), dtype=dtype)
     for index, frequency in enumerate(frequencies):
-        border, spectra = _filter_spectra(frequency, int(orientations), height, width)
+        border, spectra = _filter_spectra(frequency, orientations, height, width)
         for start in range(0, n_images, _CHUNK):
             chunk = np.pad(images[start:start + _CHUNK], ((0, 0), (border, border),
                                                           (border, border)), mode="reflect")
