@@ -49,7 +49,7 @@ from pipelines.cluster import (SINGLE_MACHINE_MODELS, check_single_machine_model
 from pipelines.dataset import DatasetIndex, index_folder
 from pipelines.labels import TASKS
 from pipelines.metrics import class_names, evaluate_task, headline
-from pipelines.reports import (atomic_write_json, prepare_output_dir, save_artifact,
+from pipelines.reports import (atomic_write_json, prepare_output_dir, result_row, save_artifact,
                                write_task_report)
 from pipelines.splits import load_or_create_split
 
@@ -623,19 +623,10 @@ def save_results(out_dir: str | os.PathLike, results: Sequence[TaskResult],
                       lambda temp: joblib.dump(pipeline, temp), metadata)
         write_task_report(out_dir, result.task, result.test_metrics, result.test_true,
                           result.test_predicted)
-        rows.append(summary_row(result, config.model))
+        rows.append({**result_row(result.task, config.model, result.n_train, result.validation,
+                                  headline(result.task, result.test_metrics)),
+                     "fit_s": round(result.fit_seconds)})
     return rows
-
-
-def summary_row(result: TaskResult, model: str) -> dict[str, Any]:
-    """One task's line of the summary table: validation score, test headline, fit time."""
-    test = headline(result.task, result.test_metrics)
-    return {"task": result.task, "model": model, "n_train": result.n_train,
-            "val_accuracy": result.validation.get("accuracy"),
-            "val_mae": result.validation.get("mae"),
-            **{f"test_{key}": test.get(key)
-               for key in ("accuracy", "f1_macro", "mae", "rmse", "within_5")},
-            "fit_s": round(result.fit_seconds)}
 
 
 def run_classical(data_dir: str | os.PathLike, config: TrainConfig, *,

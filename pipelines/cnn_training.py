@@ -203,7 +203,8 @@ def train_cnn(data_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
         ``strategy`` (``tf.distribute`` class name and replicas), ``epochs_run``,
         ``best_epoch``, ``train_seconds``, ``train_images_per_second``
         (training faces x epochs / training seconds, validation passes included),
-        ``history``, ``test`` (headline figures per task), ``test_faces_sha256``
+        ``history``, ``validation`` and ``test`` (headline figures per task, the
+        network with its prediction views, as saved), ``test_faces_sha256``
         (:func:`pipelines.splits.names_sha256` of the test faces scored) and, when
         fine-tuning, ``init_from`` and ``test_before``.
 
@@ -254,6 +255,7 @@ def train_cnn(data_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
     (out / CHECKPOINT_FILE).unlink()
     predictor.save(out / MODEL_FILE)
     plot_history(history, out / CURVES_FILE)
+    validation = _headlines(evaluate(predictor, faces["val"]))
     scores = evaluate(predictor, faces["test"])
     for task, (metrics, predicted) in scores.items():
         write_task_report(out, task, metrics, faces["test"].index.labels(task), predicted)
@@ -263,11 +265,12 @@ def train_cnn(data_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
         "train_seconds": round(seconds, 1),
         "train_images_per_second": round(len(faces["train"].images) * len(history["loss"])
                                           / seconds, 1),
-        "history": history, "test": _headlines(scores),
+        "history": history, "validation": validation, "test": _headlines(scores),
         "test_faces_sha256": names_sha256(faces["test"].index.file_names),
     })
     atomic_write_json(out / SUMMARY_FILE, summary)
-    logger.info("trained %s in %.0f s; test: %s", network.name, seconds, summary["test"])
+    logger.info("trained %s in %.0f s; validation: %s; test: %s", network.name, seconds,
+                validation, summary["test"])
     return summary
 
 

@@ -227,6 +227,19 @@ def plot_age_errors(y_true: ArrayLike, y_pred: ArrayLike, bin_years: int = 5):
     return figure
 
 
+def result_row(task: str, model: str, n_train: int, validation: Mapping[str, float],
+               test: Mapping[str, float]) -> dict[str, Any]:
+    """One task's line of a summary table: training faces, validation score, test figures.
+
+    ``validation`` holds ``accuracy`` or ``mae``, ``test`` the
+    :func:`pipelines.metrics.headline` figures; the keys a task lacks stay empty (``None``).
+    """
+    return {"task": task, "model": model, "n_train": n_train,
+            "val_accuracy": validation.get("accuracy"), "val_mae": validation.get("mae"),
+            **{f"test_{key}": test.get(key)
+               for key in ("accuracy", "f1_macro", "mae", "rmse", "within_5")}}
+
+
 def format_summary_table(rows: Sequence[Mapping[str, Any]]) -> str:
     """A plain-text table of result rows, columns in order of first appearance.
 

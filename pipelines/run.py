@@ -25,7 +25,7 @@ from pipelines.cnn_training import DEFAULT_BATCH_SIZE, DEFAULT_EPOCHS, train_cnn
 from pipelines.cluster import SCHEDULER_ENV, SVM_CLUSTER_LIMIT, ClusterError, scheduler_address
 from pipelines.dataset import default_data_dir
 from pipelines.labels import TASKS
-from pipelines.reports import OutputExistsError, format_summary_table
+from pipelines.reports import OutputExistsError, format_summary_table, result_row
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_SPLIT = REPO_ROOT / "splits" / "utkface.json"
@@ -157,7 +157,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _run_cnn(args: argparse.Namespace, tasks: Sequence[str]) -> int:
-    """``--model cnn``: train (or fine-tune) the CNN and print its test figures."""
+    """``--model cnn``: train (or fine-tune) the CNN and print its validation and test
+    figures."""
     # "all" (the default) is every head of the chosen architecture
     cnn_tasks = None if "all" in args.tasks else list(tasks)
     summary = train_cnn(args.data or default_data_dir(), args.out,
@@ -166,7 +167,9 @@ def _run_cnn(args: argparse.Namespace, tasks: Sequence[str]) -> int:
                         batch_size=args.batch_size, seed=args.seed, n_jobs=args.n_jobs,
                         init_from=args.init_from, freeze_trunk_epochs=args.freeze_trunk_epochs,
                         overwrite=args.overwrite, progress=not args.quiet)
-    rows = [{"task": task, "model": f"cnn:{args.architecture}", **figures}
+    rows = [{**result_row(task, f"cnn:{args.architecture}", summary["counts"]["train"],
+                          summary["validation"][task], figures),
+             "train_s": round(summary["train_seconds"])}
             for task, figures in summary["test"].items()]
     print()
     print(format_summary_table(rows))

@@ -227,7 +227,7 @@ def test_train_cnn_writes_model_reports_and_summary(trained):
     assert not (out / "best.weights.h5").exists()
     assert trained["counts"] == {"train": 32, "val": 4, "test": 4}
     assert trained["epochs_run"] == 2 and 1 <= trained["best_epoch"] <= 2
-    assert set(trained["test"]) == set(TASKS)
+    assert set(trained["test"]) == set(trained["validation"]) == set(TASKS)
     assert len(trained["history"]["val_age_mae"]) == 2
     assert trained["views"] == {"mirror": True, "jitter": True}
 

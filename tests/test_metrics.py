@@ -12,7 +12,8 @@ from pipelines.labels import AGE_GROUP_NAMES, ETHNICITY_NAMES, GENDER_NAMES
 from pipelines.metrics import (class_names, classification_metrics, evaluate_task, headline,
                                regression_metrics)
 from pipelines.reports import (OutputExistsError, atomic_path, atomic_write_json,
-                               format_summary_table, prepare_output_dir, write_task_report)
+                               format_summary_table, prepare_output_dir, result_row,
+                               write_task_report)
 
 # --- metrics ---------------------------------------------------------------------------
 
@@ -186,3 +187,15 @@ def test_format_summary_table() -> None:
     assert lines[3].split() == ["age", "svm", "-", "6.789", "12"]
     # numeric columns are right-aligned under their header
     assert lines[2].index("0.912") + 5 == lines[0].index("accuracy") + len("accuracy")
+
+
+def test_result_rows_of_a_classification_and_a_regression_share_columns() -> None:
+    gender = result_row("gender", "svm", 100, {"accuracy": 0.9},
+                        {"accuracy": 0.91, "f1_macro": 0.905})
+    age = result_row("age", "svm", 100, {"mae": 6.1}, {"mae": 6.2, "rmse": 8.5, "within_5": 0.55})
+    assert list(gender) == list(age)
+    assert (gender["val_accuracy"], gender["val_mae"], gender["test_mae"]) == (0.9, None, None)
+    assert (age["val_mae"], age["test_within_5"], age["test_accuracy"]) == (6.1, 0.55, None)
+    table = format_summary_table([gender, age]).splitlines()
+    assert table[2].split() == ["gender", "svm", "100", "0.900", "-", "0.910", "0.905", "-", "-",
+                                "-"]

@@ -19,8 +19,11 @@ def test_cnn_through_the_main_command(tmp_path, face_paths, capsys) -> None:
     assert main(argv) == 0
     table = capsys.readouterr().out
     assert "cnn:default" in table and "gender" in table and "age" in table
+    assert "val_accuracy" in table and "test_mae" in table
     summary = json.loads((out / "cnn_summary.json").read_text())
-    assert set(summary["test"]) == {"gender", "age"}
+    assert set(summary["test"]) == set(summary["validation"]) == {"gender", "age"}
+    assert 0 <= summary["validation"]["gender"]["accuracy"] <= 1
+    assert summary["validation"]["age"]["mae"] >= 0
     assert (out / "model.keras").is_file()
     assert main(argv) == 2  # results present: --overwrite needed
 
