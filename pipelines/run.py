@@ -169,7 +169,7 @@ def _run_cnn(args: argparse.Namespace, tasks: Sequence[str]) -> int:
                         overwrite=args.overwrite, progress=not args.quiet)
     rows = [{**result_row(task, f"cnn:{args.architecture}", summary["counts"]["train"],
                           summary["validation"][task], figures),
-             "train_s": round(summary["train_seconds"])}
+             "fit_s": round(summary["train_seconds"])}
             for task, figures in summary["test"].items()]
     print()
     print(format_summary_table(rows))
