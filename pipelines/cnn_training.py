@@ -9,8 +9,8 @@ and writes, into one output folder:
 - ``<task>_metrics.json`` and ``<task>_confusion.png`` / ``age_error.png``: test-split
   scores from :mod:`pipelines.metrics` and :mod:`pipelines.reports`, as for every model;
 - ``cnn_summary.json``: settings (the views each face is judged from among them),
-  history, timings and headline test figures (before and after training when
-  fine-tuning);
+  history, timings, headline validation figures and headline test figures (before
+  and after training when fine-tuning);
 - ``split.json``: the split manifest, unless another ``manifest_path`` is given.
 """
 from __future__ import annotations
