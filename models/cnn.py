@@ -84,6 +84,8 @@ if TYPE_CHECKING:
 
 #: Tasks a network can have a head for, in output order.
 TASKS: tuple[str, ...] = ("gender", "ethnicity", "age")
+#: Layers that make the outputs (kept in float32 by ``models.precision.set_precision``).
+OUTPUT_LAYERS: tuple[str, ...] = (*TASKS, "age_scaled")
 N_ETHNICITIES = 5
 #: The age head's linear unit predicts age / AGE_SCALE.
 AGE_SCALE = 100.0

@@ -20,6 +20,7 @@ from features import EXTRACTORS
 from features.io import COLOR_MODES
 from models.cnn import ARCHITECTURES
 from models.factory import MODELS
+from models.precision import PRECISIONS
 from pipelines.classical import DEFAULT_FEATURES, FeatureSpec, TrainConfig, run_classical
 from pipelines.cnn_training import DEFAULT_BATCH_SIZE, DEFAULT_EPOCHS, train_cnn
 from pipelines.cluster import SCHEDULER_ENV, SVM_CLUSTER_LIMIT, ClusterError, scheduler_address
@@ -148,6 +149,10 @@ def build_parser() -> argparse.ArgumentParser:
     cnn.add_argument("--color", choices=COLOR_MODES, default=None,
                      help="input colour of a new network (default: gray); with "
                           "--init-from the saved network's, and another is refused")
+    cnn.add_argument("--precision", choices=PRECISIONS, default="float32",
+                     help="arithmetic of the training: mixed_bfloat16 (float32 weights) is "
+                          "faster on GPUs and CPUs with bfloat16 instructions (AVX512-BF16, "
+                          "AMX); the network is saved in float32 (default: %(default)s)")
     cnn.add_argument("--init-from", type=Path, default=None, metavar="SAVED_MODEL",
                      help="fine-tune a saved CNN (model.keras) on --data instead of starting "
                           "from scratch; reports test metrics before and after")
@@ -164,8 +169,9 @@ def _run_cnn(args: argparse.Namespace, tasks: Sequence[str]) -> int:
     summary = train_cnn(args.data or default_data_dir(), args.out,
                         architecture=args.architecture, tasks=cnn_tasks,
                         manifest_path=args.split, color=args.color, epochs=args.epochs,
-                        batch_size=args.batch_size, seed=args.seed, n_jobs=args.n_jobs,
-                        init_from=args.init_from, freeze_trunk_epochs=args.freeze_trunk_epochs,
+                        batch_size=args.batch_size, precision=args.precision,
+                        seed=args.seed, n_jobs=args.n_jobs, init_from=args.init_from,
+                        freeze_trunk_epochs=args.freeze_trunk_epochs,
                         overwrite=args.overwrite, progress=not args.quiet)
     rows = [{**result_row(task, f"cnn:{args.architecture}", summary["counts"]["train"],
                           summary["validation"][task], figures),

@@ -12,8 +12,10 @@ import pytest
 from PIL import Image
 
 from models import cnn
-from models.cnn import (TASKS, CNNPredictor, build_model, compile_network, encode_targets,
-                        fit_network, load_model, make_dataset, set_trunk_trainable)
+from models.cnn import (OUTPUT_LAYERS, TASKS, CNNPredictor, build_model, compile_network,
+                        encode_targets, fit_network, load_model, make_dataset,
+                        set_trunk_trainable)
+from models.precision import set_precision
 from pipelines.cnn_training import MODEL_FILE, SPLIT_FILE, train_cnn
 from pipelines.dataset import default_data_dir, index_folder
 
@@ -47,10 +49,11 @@ def face_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def trained(face_dir, tmp_path_factory) -> dict:
-    """A default network trained for 2 epochs on the 40 faces, at 32x32."""
+    """A default network trained for 2 epochs on the 40 faces, at 32x32, in bfloat16
+    (saved in float32)."""
     out = tmp_path_factory.mktemp("trained")
     return train_cnn(face_dir, out, size=(SIZE, SIZE), epochs=2, batch_size=16, n_jobs=1,
-                     progress=False)
+                     precision="mixed_bfloat16", progress=False)
 
 
 # --- architectures ----------------------------------------------------------------------
@@ -97,10 +100,12 @@ def test_frozen_trunk_leaves_only_head_weights_trainable():
 
 
 @pytest.mark.slow
-def test_training_steps_lower_the_loss_on_a_fixed_batch():
+@pytest.mark.parametrize("precision", ["float32", "mixed_bfloat16"])
+def test_training_steps_lower_the_loss_on_a_fixed_batch(precision):
     images = np.random.default_rng(1).integers(0, 256, (16, SIZE, SIZE, 1)).astype(np.float32)
     targets = encode_targets(synthetic_labels(16), TASKS)
-    network = build_model("default", (SIZE, SIZE, 1), seed=0)
+    network = set_precision(build_model("default", (SIZE, SIZE, 1), seed=0), precision,
+                            OUTPUT_LAYERS)
     compile_network(network, total_steps=30)
     losses = [network.train_on_batch(images, targets)[0] for _ in range(30)]
     assert np.mean(losses[-3:]) < 0.7 * np.mean(losses[:3])
@@ -230,6 +235,9 @@ def test_train_cnn_writes_model_reports_and_summary(trained):
     assert set(trained["test"]) == set(trained["validation"]) == set(TASKS)
     assert len(trained["history"]["val_age_mae"]) == 2
     assert trained["views"] == {"mirror": True, "jitter": True}
+    assert trained["precision"] == "mixed_bfloat16"
+    saved = load_model(trained["model_path"]).network
+    assert {layer.dtype_policy.name for layer in saved.layers} == {"float32"}
 
 
 @pytest.mark.slow
@@ -336,7 +344,7 @@ def test_fine_tuning_starts_from_the_saved_weights_and_changes_them(trained, fac
     out = tmp_path / "fine_tuned"
     result = train_cnn(face_dir, out, init_from=tmp_path / "saved.keras", tasks=["gender"],
                        epochs=2, freeze_trunk_epochs=1, batch_size=16, n_jobs=1,
-                       progress=False)
+                       precision="float32", progress=False)
     assert result["tasks"] == ["gender"] and result["architecture"] == "seed_baseline"
     assert result["size"] == [BASELINE_SIZE, BASELINE_SIZE]
     test_names = json.loads((out / SPLIT_FILE).read_text())["test"]
