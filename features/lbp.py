@@ -15,12 +15,14 @@ images at a time (small chunks keep the float64 temporaries in the processor cac
 so every bit is scikit-image's.
 
 For the common ``P = 8, R = 1`` on 8-bit images an exact integer test replaces the float64
-sampling (:func:`_integer_bit_writer`), about twice as fast; the pixels whose exact ties
-that test cannot settle (the first two rows and columns) are recomputed as above.
+sampling (:class:`_IntegerBits`, 1.4x as fast with the histograms): it decides every bit
+but those of exact ties, and those float64 rounding settles in a way worked out once per
+image size (:func:`_tie_rules`).
 """
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
@@ -31,7 +33,6 @@ from features._batch import as_image_batch, cell_index, to_gray
 METHODS = ("uniform", "nri_uniform")
 _CHUNK = 4
 _INTEGER_CHUNK = 8
-_EDGE_BLOCK = 64
 
 
 def _neighbour_offsets(n_points: int, radius: float) -> tuple[np.ndarray, np.ndarray]:
@@ -137,8 +138,71 @@ def _float_bit_writer(chunk: np.ndarray, neighbours: list[_Neighbour]) -> BitWri
 # For 8-bit pixels that integer is 0 only when A + B = 2C and D = C (29289 and 70711 are
 # coprime and |D - C| < 29289), and otherwise at least 71 away from 0, far beyond float64
 # rounding: its sign is scikit-image's bit. At the exact ties float64 rounding decides;
-# :func:`_integer_path_ok` checks which pixels' ties all round to 1.
+# :func:`_tie_rules` works out how, for every pixel.
 _AXIS_WEIGHT, _DIAGONAL_WEIGHT = np.int32(29289), np.int32(70711)
+
+
+@dataclass(frozen=True)
+class _TieRule:
+    """How float64 rounding settles the exact ties of one diagonal neighbour on the
+    pixels ``rows x cols``: ``table[C, A]`` is the bit of a tie with centre ``C`` and axis
+    pixel ``A`` in the neighbour's row (the other axis pixel is ``2C - A``)."""
+
+    rows: slice
+    cols: slice
+    table: np.ndarray
+
+
+def _as_slice(indices: np.ndarray) -> slice | None:
+    """Consecutive indices as a slice; ``None`` for others."""
+    if np.array_equal(indices, np.arange(indices[0], indices[-1] + 1)):
+        return slice(int(indices[0]), int(indices[-1]) + 1)
+    return None
+
+
+@lru_cache(maxsize=16)
+def _tie_rules(height: int, width: int) -> dict[int, list[_TieRule]] | None:
+    """Per diagonal neighbour of ``P = 8, R = 1``, the rules for the pixels whose ties do
+    not all round to 1 (:class:`_IntegerBits` counts ties as 1); ``None`` when the
+    neighbours are not where the integer test assumes, or such pixels do not form
+    rectangles of consecutive rows and columns.
+
+    scikit-image computes each pixel's sampling fractions from its row and column index
+    in float64, so their last bits, and with them the rounding of a tie, differ between
+    the first rows and columns and the rest (for 128x128 faces: rows and columns 0-1).
+    """
+    neighbours = _neighbours(8, 1.0, height, width)
+    centre = np.arange(256.0)[:, None]
+    axis = np.arange(256.0)[None, :]
+    rules = {}
+    for k, neighbour in enumerate(neighbours):
+        if not (neighbour.row_step or neighbour.col_step):
+            continue
+        if neighbour.row_step != 1 or neighbour.col_step != 1 \
+                or {neighbour.row_shift, neighbour.col_shift} - {-1, 0}:
+            return None
+        # pixel values of the sampled 2x2 square in a tie: the centre at (0, 0), the
+        # diagonal pixel (opposite corner) equal to it, the axis pixels C + t and C - t
+        row = neighbour.row_shift if neighbour.row_shift else 1
+        col = neighbour.col_shift if neighbour.col_shift else 1
+        values = {(0, 0): centre, (row, col): centre + 0 * axis,
+                  (row, 0): axis, (0, col): 2 * centre - axis}
+        r0, c0 = neighbour.row_shift, neighbour.col_shift
+        fractions_rows, fractions_cols = neighbour.frac_rows.ravel(), neighbour.frac_cols
+        rules[k] = []
+        for dr in np.unique(fractions_rows):
+            for dc in np.unique(fractions_cols):
+                top = values[r0, c0] * (1 - dc) + values[r0, c0 + 1] * dc
+                bottom = values[r0 + 1, c0] * (1 - dc) + values[r0 + 1, c0 + 1] * dc
+                table = top * (1 - dr) + bottom * dr >= centre
+                possible = (2 * centre - axis >= 0) & (2 * centre - axis <= 255)
+                if not table[possible].all():
+                    rows = _as_slice(np.flatnonzero(fractions_rows == dr))
+                    cols = _as_slice(np.flatnonzero(fractions_cols == dc))
+                    if rows is None or cols is None:
+                        return None
+                    rules[k].append(_TieRule(rows, cols, table))
+    return rules
 
 
 class _IntegerBits:
@@ -146,8 +210,10 @@ class _IntegerBits:
     test above, exact ties counted as 1, in buffers reused from chunk to chunk (fresh
     buffers per chunk cost as much again in page faults)."""
 
-    def __init__(self, neighbours: list[_Neighbour], n_images: int, height: int, width: int):
+    def __init__(self, neighbours: list[_Neighbour], tie_rules: dict[int, list[_TieRule]],
+                 n_images: int, height: int, width: int):
         self.neighbours = neighbours
+        self.tie_rules = tie_rules
         padded_shape = (n_images, height + 2, width + 2)
         self.padded = np.zeros(padded_shape, np.int32)       # the border stays 0
         self.axis_scaled = np.empty(padded_shape, np.int32)
@@ -183,42 +249,14 @@ class _IntegerBits:
             np.add(window(axis_scaled, row, 0), window(axis_scaled, 0, col), out=total)
             np.add(total, window(diagonal_scaled, row, col), out=total)
             np.greater_equal(total, centre_scaled, out=out)
+            for rule in self.tie_rules[k]:
+                pixels = np.s_[:, rule.rows, rule.cols]
+                tied = total[pixels] == centre_scaled[pixels]
+                if tied.any():
+                    looked_up = rule.table[centre[pixels], window(padded, row, 0)[pixels]]
+                    out[pixels] = np.where(tied, looked_up, out[pixels])
 
         return write
-
-
-@lru_cache(maxsize=16)
-def _integer_path_ok(height: int, width: int) -> bool:
-    """Whether :func:`_integer_bit_writer` gives scikit-image's codes for (height, width)
-    8-bit images outside their first two rows and columns: true when the neighbours are
-    where it assumes and, for every diagonal neighbour and pixel there, float64 rounds
-    each exact tie (``D = C``, ``A, B = C +- t``) to ``neighbour >= C``."""
-    if height < 3 or width < 3:
-        return False
-    neighbours = _neighbours(8, 1.0, height, width)
-    centre = np.arange(256.0)[:, None]
-    step = np.arange(-255.0, 256.0)[None, :]
-    valid = (np.abs(step) <= np.minimum(centre, 255 - centre))
-    for neighbour in neighbours:
-        if not (neighbour.row_step or neighbour.col_step):
-            continue
-        if neighbour.row_step != 1 or neighbour.col_step != 1 \
-                or {neighbour.row_shift, neighbour.col_shift} - {-1, 0}:
-            return False
-        # pixel values of the sampled square: centre at (0, 0), diagonal opposite
-        row = neighbour.row_shift if neighbour.row_shift else 1
-        col = neighbour.col_shift if neighbour.col_shift else 1
-        values = {(0, 0): centre, (row, col): centre + 0 * step,
-                  (row, 0): centre + step, (0, col): centre - step}
-        r0, c0 = neighbour.row_shift, neighbour.col_shift
-        for dr in np.unique(neighbour.frac_rows[2:]):
-            for dc in np.unique(neighbour.frac_cols[2:]):
-                top = values[r0, c0] * (1 - dc) + values[r0, c0 + 1] * dc
-                bottom = values[r0 + 1, c0] * (1 - dc) + values[r0 + 1, c0 + 1] * dc
-                sampled = top * (1 - dr) + bottom * dr
-                if not np.all((sampled >= centre)[valid]):
-                    return False
-    return True
 
 
 def _chunk_codes(chunk: np.ndarray, write_bit: BitWriter, n_points: int,
@@ -303,30 +341,18 @@ def _code_chunks(images: np.ndarray, n_points: int, radius: float, method: str):
     images = to_gray(as_image_batch(images))
     height, width = images.shape[1:]
     neighbours = _neighbours(n_points, float(radius), height, width)
-    if not (n_points == 8 and radius == 1 and images.dtype == np.uint8
-            and _integer_path_ok(height, width)):
+    tie_rules = (_tie_rules(height, width) if n_points == 8 and radius == 1
+                 and images.dtype == np.uint8 else None)
+    if tie_rules is None:
         for start in range(0, len(images), _CHUNK):
             chunk = np.ascontiguousarray(images[start:start + _CHUNK])
             yield start, _chunk_codes(chunk, _float_bit_writer(chunk, neighbours), n_points,
                                       method)
         return
-    integer_bits = _IntegerBits(neighbours, _INTEGER_CHUNK, height, width)
-    for block in range(0, len(images), _EDGE_BLOCK):
-        # the first two rows and columns by float64 sampling of the first three, for a
-        # block of images at a time (per chunk, the calls would cost more than the work)
-        edges = [(keep, _chunk_codes(part, _float_bit_writer(
-                      part, _neighbours(n_points, float(radius), *part.shape[1:])),
-                      n_points, method)[keep])
-                 for keep, part in (
-                     (np.s_[:, :2], np.ascontiguousarray(images[block:block + _EDGE_BLOCK, :3])),
-                     (np.s_[:, :, :2],
-                      np.ascontiguousarray(images[block:block + _EDGE_BLOCK, :, :3])))]
-        for start in range(block, min(block + _EDGE_BLOCK, len(images)), _INTEGER_CHUNK):
-            chunk = images[start:start + _INTEGER_CHUNK]
-            codes = _chunk_codes(chunk, integer_bits.writer(chunk), n_points, method)
-            for keep, edge_codes in edges:
-                codes[keep] = edge_codes[start - block:start - block + len(chunk)]
-            yield start, codes
+    integer_bits = _IntegerBits(neighbours, tie_rules, _INTEGER_CHUNK, height, width)
+    for start in range(0, len(images), _INTEGER_CHUNK):
+        chunk = images[start:start + _INTEGER_CHUNK]
+        yield start, _chunk_codes(chunk, integer_bits.writer(chunk), n_points, method)
 
 
 def lbp_codes(images: np.ndarray, n_points: int = 8, radius: float = 1.0,

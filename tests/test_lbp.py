@@ -10,7 +10,8 @@ from skimage.feature import local_binary_pattern
 from sklearn.pipeline import FeatureUnion, Pipeline
 
 from features.hog import HOGFeatures
-from features.lbp import LBPFeatures, lbp_codes, lbp_histograms
+from features.lbp import (LBPFeatures, _chunk_codes, _float_bit_writer, _neighbours,
+                          _tie_rules, lbp_codes, lbp_histograms)
 
 NEIGHBOURHOODS = [(8, 1), (16, 2), (8, 1.5), (24, 3), (4, 1)]
 
@@ -65,6 +66,31 @@ def test_ramps_identical_to_skimage() -> None:
     for method in ("uniform", "nri_uniform"):
         np.testing.assert_array_equal(lbp_codes(images, 8, 1, method),
                                       reference_codes(images, 8, 1, method))
+
+
+@pytest.mark.parametrize("size", [(128, 128), (200, 200), (37, 53)])
+def test_integer_test_gives_the_float64_sampling_codes(size, face_images) -> None:
+    """P = 8, R = 1 on 8-bit images takes the exact integer test (with float64's tie
+    rounding from tables); the float64 sampling, which equals scikit-image's codes above,
+    is the reference, on faces, noise, few grey levels and ramps in every direction at the
+    sizes of the pipelines, the original faces and an odd shape."""
+    assert _tie_rules(*size) is not None
+    rng = np.random.default_rng(11)
+    height, width = size
+    ramp = np.add.outer(np.arange(height), np.arange(width))
+    images = np.concatenate([
+        np.stack([np.resize(face, size) for face in face_images[:4, ..., 0]]),
+        rng.integers(0, 256, (4, *size), dtype=np.uint8),
+        (rng.integers(0, 3, (2, *size)) * 100).astype(np.uint8),
+        np.stack([ramp * step % 256 for step in (1, 2, 5, 51)]).astype(np.uint8),
+        np.stack([ramp[:, ::-1] * step % 256 for step in (1, 3)]).astype(np.uint8),
+        np.stack([ramp[::-1] * step % 256 for step in (1, 3)]).astype(np.uint8)])
+    neighbours = _neighbours(8, 1.0, *size)
+    for method in ("uniform", "nri_uniform"):
+        reference = _chunk_codes(images, _float_bit_writer(images, neighbours), 8, method)
+        np.testing.assert_array_equal(lbp_codes(images, 8, 1, method), reference)
+    np.testing.assert_array_equal(lbp_codes(images[-8:], 8, 1),
+                                  reference_codes(images[-8:], 8, 1))
 
 
 def test_code_types_hold_every_code() -> None:
