@@ -215,7 +215,9 @@ class _IntegerBits:
         self.neighbours = neighbours
         self.tie_rules = tie_rules
         padded_shape = (n_images, height + 2, width + 2)
-        self.padded = np.zeros(padded_shape, np.int32)       # the border stays 0
+        # the border stays 0; 8-bit copies for the axis neighbours' plain comparisons
+        self.padded = np.zeros(padded_shape, np.int32)
+        self.padded_8bit = np.zeros(padded_shape, np.uint8)
         self.axis_scaled = np.empty(padded_shape, np.int32)
         self.diagonal_scaled = np.empty(padded_shape, np.int32)
         self.centre_scaled = np.empty((n_images, height, width), np.int32)
@@ -224,8 +226,9 @@ class _IntegerBits:
     def writer(self, chunk: np.ndarray) -> BitWriter:
         """``write(k, out)`` for a chunk (n, H, W) of at most ``n_images`` images."""
         n, height, width = chunk.shape
-        padded = self.padded[:n]
+        padded, padded_8bit = self.padded[:n], self.padded_8bit[:n]
         padded[:, 1:-1, 1:-1] = chunk
+        padded_8bit[:, 1:-1, 1:-1] = chunk
         # the test as axis_weight * (A + B) + diagonal_weight * D >= (2 axis + diagonal) * C
         axis_scaled = np.multiply(padded, _AXIS_WEIGHT, out=self.axis_scaled[:n])
         diagonal_scaled = np.multiply(padded, _DIAGONAL_WEIGHT, out=self.diagonal_scaled[:n])
@@ -240,8 +243,8 @@ class _IntegerBits:
         def write(k: int, out: np.ndarray) -> None:
             neighbour = self.neighbours[k]
             if not (neighbour.row_step or neighbour.col_step):
-                np.greater_equal(window(padded, neighbour.row_shift, neighbour.col_shift),
-                                 centre, out=out)
+                np.greater_equal(window(padded_8bit, neighbour.row_shift, neighbour.col_shift),
+                                 window(padded_8bit, 0, 0), out=out)
                 return
             # the sampled 2x2 square holds the centre; the diagonal pixel is its opposite
             row = neighbour.row_shift if neighbour.row_shift else 1
