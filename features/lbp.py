@@ -254,10 +254,11 @@ class _IntegerBits:
             np.greater_equal(total, centre_scaled, out=out)
             for rule in self.tie_rules[k]:
                 pixels = np.s_[:, rule.rows, rule.cols]
-                tied = total[pixels] == centre_scaled[pixels]
-                if tied.any():
-                    looked_up = rule.table[centre[pixels], window(padded, row, 0)[pixels]]
-                    out[pixels] = np.where(tied, looked_up, out[pixels])
+                untied = np.not_equal(total[pixels], centre_scaled[pixels])
+                # ties are 1 so far: the table's bit where tied, else unchanged
+                looked_up = rule.table[centre[pixels], window(padded, row, 0)[pixels]]
+                np.logical_and(out[pixels], np.logical_or(untied, looked_up, out=untied),
+                               out=out[pixels])
 
         return write
 
