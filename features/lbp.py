@@ -15,7 +15,7 @@ images at a time (small chunks keep the float64 temporaries in the processor cac
 so every bit is scikit-image's.
 
 For the common ``P = 8, R = 1`` on 8-bit images an exact integer test replaces the float64
-sampling (:class:`_IntegerBits`, 1.4x as fast with the histograms): it decides every bit
+sampling (:class:`_IntegerBits`; with the histograms 1.5x as fast): it decides every bit
 but those of exact ties, and those float64 rounding settles in a way worked out once per
 image size (:func:`_tie_rules`).
 """
