@@ -174,6 +174,7 @@ def _tie_rules(height: int, width: int) -> dict[int, list[_TieRule]] | None:
     neighbours = _neighbours(8, 1.0, height, width)
     centre = np.arange(256.0)[:, None]
     axis = np.arange(256.0)[None, :]
+    possible = (2 * centre - axis >= 0) & (2 * centre - axis <= 255)
     rules = {}
     for k, neighbour in enumerate(neighbours):
         if not (neighbour.row_step or neighbour.col_step):
@@ -195,7 +196,6 @@ def _tie_rules(height: int, width: int) -> dict[int, list[_TieRule]] | None:
                 top = values[r0, c0] * (1 - dc) + values[r0, c0 + 1] * dc
                 bottom = values[r0 + 1, c0] * (1 - dc) + values[r0 + 1, c0 + 1] * dc
                 table = top * (1 - dr) + bottom * dr >= centre
-                possible = (2 * centre - axis >= 0) & (2 * centre - axis <= 255)
                 if not table[possible].all():
                     rows = _as_slice(np.flatnonzero(fractions_rows == dr))
                     cols = _as_slice(np.flatnonzero(fractions_cols == dc))
@@ -416,7 +416,8 @@ def lbp_histograms(images: np.ndarray, n_points: int = 8, radius: float = 1.0,
     n_codes, n_cells = _n_codes(n_points, method), grid[0] * grid[1]
     cell = cell_index(height, grid[0])[:, None] * grid[1] + cell_index(width, grid[1])
     # bin of (image in chunk, cell, code) = slot + code
-    slot = ((np.arange(max(_CHUNK, _INTEGER_CHUNK))[:, None, None] * n_cells + cell) * n_codes).astype(np.intp)
+    chunk_size = max(_CHUNK, _INTEGER_CHUNK)
+    slot = ((np.arange(chunk_size)[:, None, None] * n_cells + cell) * n_codes).astype(np.intp)
     counts = np.empty((n_images, n_cells * n_codes), dtype=np.intp)
     for start, codes in _code_chunks(images, n_points, radius, method):
         n = len(codes)

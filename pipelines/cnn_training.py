@@ -143,9 +143,9 @@ def train_cnn(data_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
               size: tuple[int, int] | None = None, color: str | None = None,
               epochs: int = DEFAULT_EPOCHS, batch_size: int = DEFAULT_BATCH_SIZE,
               learning_rate: float | None = None, precision: str = "float32", seed: int = 0,
-              n_jobs: int = -1, init_from: str | os.PathLike | None = None, freeze_trunk_epochs: int = 0,
-              overwrite: bool = False, max_train: int | None = None,
-              progress: bool = True) -> dict[str, Any]:
+              n_jobs: int = -1, init_from: str | os.PathLike | None = None,
+              freeze_trunk_epochs: int = 0, overwrite: bool = False,
+              max_train: int | None = None, progress: bool = True) -> dict[str, Any]:
     """Train a CNN (or fine-tune a saved one) on a labelled folder, then score it.
 
     The network trains on the ``train`` part of the split, early-stops and picks its
