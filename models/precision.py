@@ -6,7 +6,7 @@ AMX-BF16, used by TensorFlow through oneDNN) run faster; elsewhere it is emulate
 slower than float32. bfloat16 keeps float32's exponent range, so no loss scaling is
 needed. On a 2-core AMD EPYC with AVX512-BF16 (2026-12-04) a training step of the default
 network ran 1.66x faster than in float32 on synthetic batches, but whole epochs only
-1.1-1.3x faster (augmentation and validation do not speed up), and one full run scored a
+1.05-1.3x faster (augmentation and validation do not speed up), and one full run scored a
 little lower on validation ethnicity, so float32 stays the default (see the README).
 
 A network trains in the chosen precision and is saved in float32 (:func:`set_precision`),
