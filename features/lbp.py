@@ -15,7 +15,7 @@ images at a time (small chunks keep the float64 temporaries in the processor cac
 so every bit is scikit-image's.
 
 For the common ``P = 8, R = 1`` on 8-bit images an exact integer test replaces the float64
-sampling (:class:`_IntegerBits`; with the histograms 1.5x as fast): it decides every bit
+sampling (:class:`_IntegerBits`; with the histograms 1.8x as fast): it decides every bit
 but those of exact ties, and those float64 rounding settles in a way worked out once per
 image size (:func:`_tie_rules`).
 """
@@ -205,36 +205,83 @@ def _tie_rules(height: int, width: int) -> dict[int, list[_TieRule]] | None:
     return rules
 
 
+class _TieFixes:
+    """The pixels of one diagonal neighbour whose exact ties float64 rounding does not
+    settle as 1 (:func:`_tie_rules`), gathered over a chunk of ``n_images`` images as
+    flat indices, with the bit of a tie at each from a table of every centre and axis
+    pixel value."""
+
+    def __init__(self, neighbour: _Neighbour, rules: list[_TieRule], n_images: int,
+                 height: int, width: int):
+        # the axis pixel in the sampled 2x2 square's row, as in :class:`_TieRule`
+        axis_row = neighbour.row_shift if neighbour.row_shift else 1
+        rows, cols, classes = [], [], []
+        for number, rule in enumerate(rules):
+            rule_rows, rule_cols = np.mgrid[rule.rows, rule.cols]
+            rows.append(rule_rows.ravel())
+            cols.append(rule_cols.ravel())
+            classes.append(np.full(rule_rows.size, number))
+        rows, cols, classes = (np.concatenate(parts) if parts else np.empty(0, np.intp)
+                               for parts in (rows, cols, classes))
+        images = np.arange(n_images)[:, None]
+        padded_size = (height + 2) * (width + 2)
+        self.per_image = rows.size
+        #: index in the (n, H, W) chunk, in the padded (n, H + 2, W + 2) chunk of the
+        #: centre and of the axis pixel, and of the table row of each pixel
+        self.pixel = (images * height * width + rows * width + cols).ravel()
+        self.centre = (images * padded_size + (rows + 1) * (width + 2) + cols + 1).ravel()
+        self.axis = self.centre + axis_row * (width + 2)
+        self.table_start = np.tile(classes * 256 * 256, n_images)
+        self.tables = (np.stack([rule.table for rule in rules]).ravel() if rules
+                       else np.empty(0, bool))
+
+    def apply(self, n_images: int, total: np.ndarray, centre_scaled: np.ndarray,
+              padded: np.ndarray, out: np.ndarray) -> None:
+        """Set the bits ``out`` of the exact ties (``total == centre_scaled``, counted as 1
+        so far) among the pixels of the first ``n_images`` images to the table's."""
+        if not self.per_image:
+            return
+        count = n_images * self.per_image
+        pixel = self.pixel[:count]
+        ties = np.flatnonzero(np.take(total, pixel) == np.take(centre_scaled, pixel))
+        if not ties.size:
+            return
+        centre = np.take(padded, self.centre[ties]).astype(np.intp)
+        axis = np.take(padded, self.axis[ties])
+        np.put(out, pixel[ties], self.tables[self.table_start[ties] + centre * 256 + axis])
+
+
 class _IntegerBits:
     """Neighbour bits of chunks of 8-bit images for ``P = 8, R = 1`` by the exact integer
-    test above, exact ties counted as 1, in buffers reused from chunk to chunk (fresh
-    buffers per chunk cost as much again in page faults)."""
+    test above, exact ties counted as 1 but where :class:`_TieFixes` say otherwise, in
+    buffers reused from chunk to chunk (fresh buffers per chunk cost as much again in
+    page faults)."""
 
     def __init__(self, neighbours: list[_Neighbour], tie_rules: dict[int, list[_TieRule]],
                  n_images: int, height: int, width: int):
         self.neighbours = neighbours
-        self.tie_rules = tie_rules
+        self.tie_fixes = {k: _TieFixes(neighbours[k], rules, n_images, height, width)
+                          for k, rules in tie_rules.items()}
         padded_shape = (n_images, height + 2, width + 2)
-        # the border stays 0; 8-bit copies for the axis neighbours' plain comparisons
-        self.padded = np.zeros(padded_shape, np.int32)
-        self.padded_8bit = np.zeros(padded_shape, np.uint8)
+        self.padded = np.zeros(padded_shape, np.uint8)  # the border stays 0
         self.axis_scaled = np.empty(padded_shape, np.int32)
         self.diagonal_scaled = np.empty(padded_shape, np.int32)
         self.centre_scaled = np.empty((n_images, height, width), np.int32)
         self.total = np.empty((n_images, height, width), np.int32)
 
     def writer(self, chunk: np.ndarray) -> BitWriter:
-        """``write(k, out)`` for a chunk (n, H, W) of at most ``n_images`` images."""
+        """``write(k, out)`` for a chunk (n, H, W) of at most ``n_images`` images; ``out``
+        must be C-contiguous."""
         n, height, width = chunk.shape
-        padded, padded_8bit = self.padded[:n], self.padded_8bit[:n]
+        padded = self.padded[:n]
         padded[:, 1:-1, 1:-1] = chunk
-        padded_8bit[:, 1:-1, 1:-1] = chunk
         # the test as axis_weight * (A + B) + diagonal_weight * D >= (2 axis + diagonal) * C
-        axis_scaled = np.multiply(padded, _AXIS_WEIGHT, out=self.axis_scaled[:n])
-        diagonal_scaled = np.multiply(padded, _DIAGONAL_WEIGHT, out=self.diagonal_scaled[:n])
-        centre = padded[:, 1:-1, 1:-1]
-        centre_scaled = np.multiply(centre, 2 * _AXIS_WEIGHT + _DIAGONAL_WEIGHT,
-                                    out=self.centre_scaled[:n])
+        axis_scaled = np.multiply(padded, _AXIS_WEIGHT, out=self.axis_scaled[:n],
+                                  dtype=np.int32)
+        diagonal_scaled = np.multiply(padded, _DIAGONAL_WEIGHT, out=self.diagonal_scaled[:n],
+                                      dtype=np.int32)
+        centre_scaled = np.multiply(padded[:, 1:-1, 1:-1], 2 * _AXIS_WEIGHT + _DIAGONAL_WEIGHT,
+                                    out=self.centre_scaled[:n], dtype=np.int32)
         total = self.total[:n]
 
         def window(array: np.ndarray, row: int, col: int) -> np.ndarray:
@@ -243,8 +290,8 @@ class _IntegerBits:
         def write(k: int, out: np.ndarray) -> None:
             neighbour = self.neighbours[k]
             if not (neighbour.row_step or neighbour.col_step):
-                np.greater_equal(window(padded_8bit, neighbour.row_shift, neighbour.col_shift),
-                                 window(padded_8bit, 0, 0), out=out)
+                np.greater_equal(window(padded, neighbour.row_shift, neighbour.col_shift),
+                                 window(padded, 0, 0), out=out)
                 return
             # the sampled 2x2 square holds the centre; the diagonal pixel is its opposite
             row = neighbour.row_shift if neighbour.row_shift else 1
@@ -252,13 +299,7 @@ class _IntegerBits:
             np.add(window(axis_scaled, row, 0), window(axis_scaled, 0, col), out=total)
             np.add(total, window(diagonal_scaled, row, col), out=total)
             np.greater_equal(total, centre_scaled, out=out)
-            for rule in self.tie_rules[k]:
-                pixels = np.s_[:, rule.rows, rule.cols]
-                untied = np.not_equal(total[pixels], centre_scaled[pixels])
-                # ties are 1 so far: the table's bit where tied, else unchanged
-                looked_up = rule.table[centre[pixels], window(padded, row, 0)[pixels]]
-                np.logical_and(out[pixels], np.logical_or(untied, looked_up, out=untied),
-                               out=out[pixels])
+            self.tie_fixes[k].apply(n, total, centre_scaled, padded, out)
 
         return write
 
