@@ -135,19 +135,17 @@ def _cell_histograms(bins: np.ndarray, magnitudes: np.ndarray, orientations: int
     return histograms[..., :orientations] / (pixels_per_cell[0] * pixels_per_cell[1])
 
 
-def _normalize_blocks(blocks: np.ndarray, method: str) -> np.ndarray:
-    """Normalise each block, given as rows of ``blocks`` (..., block_size)."""
-    if method == "L1":
-        return blocks / (np.abs(blocks).sum(axis=-1, keepdims=True) + _EPS)
-    if method == "L1-sqrt":
-        return np.sqrt(blocks / (np.abs(blocks).sum(axis=-1, keepdims=True) + _EPS))
-    normalized = blocks / np.sqrt(np.einsum("...i,...i->...", blocks, blocks)[..., None]
-                                  + _EPS ** 2)
+def _normalize_blocks(blocks: np.ndarray, method: str) -> None:
+    """Normalise each block, given as rows of ``blocks`` (..., block_size), in place."""
+    if method in ("L1", "L1-sqrt"):
+        blocks /= np.abs(blocks).sum(axis=-1, keepdims=True) + _EPS
+        if method == "L1-sqrt":
+            np.sqrt(blocks, out=blocks)
+        return
+    blocks /= np.sqrt(np.einsum("...i,...i->...", blocks, blocks)[..., None] + _EPS ** 2)
     if method == "L2-Hys":
-        np.minimum(normalized, 0.2, out=normalized)
-        normalized /= np.sqrt(np.einsum("...i,...i->...", normalized, normalized)[..., None]
-                              + _EPS ** 2)
-    return normalized
+        np.minimum(blocks, 0.2, out=blocks)
+        blocks /= np.sqrt(np.einsum("...i,...i->...", blocks, blocks)[..., None] + _EPS ** 2)
 
 
 def hog_batch(images: np.ndarray, orientations: int = 9,
@@ -193,10 +191,13 @@ def hog_batch(images: np.ndarray, orientations: int = 9,
         # normalised in the output type: float32 halves the memory traffic
         histograms = _cell_histograms(bins, magnitudes, orientations,
                                       pixels_per_cell).astype(dtype, copy=False)
-        # (n, blocks_r, blocks_c, o, b_r, b_c) -> (n, blocks_r * blocks_c, b_r * b_c * o)
-        blocks = sliding_window_view(histograms, (block_rows, block_cols), axis=(1, 2))
-        blocks = blocks.transpose(0, 1, 2, 4, 5, 3).reshape(len(chunk), n_blocks, -1)
-        out[start:start + _CHUNK] = _normalize_blocks(blocks, block_norm).reshape(len(chunk), -1)
+        # (n, blocks_r, blocks_c, o, b_r, b_c) copied to the output rows as
+        # (n, blocks_r, blocks_c, b_r, b_c, o), then normalised there
+        windows = sliding_window_view(histograms, (block_rows, block_cols), axis=(1, 2))
+        windows = windows.transpose(0, 1, 2, 4, 5, 3)
+        blocks = out[start:start + _CHUNK].reshape(len(chunk), n_blocks, -1)
+        blocks.reshape(windows.shape)[...] = windows
+        _normalize_blocks(blocks, block_norm)
     return out
 
 
