@@ -145,27 +145,20 @@ _AXIS_WEIGHT, _DIAGONAL_WEIGHT = np.int32(29289), np.int32(70711)
 @dataclass(frozen=True)
 class _TieRule:
     """How float64 rounding settles the exact ties of one diagonal neighbour on the
-    pixels ``rows x cols``: ``table[C, A]`` is the bit of a tie with centre ``C`` and axis
-    pixel ``A`` in the neighbour's row (the other axis pixel is ``2C - A``)."""
+    pixels of the rows ``rows`` and columns ``cols`` (index arrays): ``table[C, A]`` is
+    the bit of a tie with centre ``C`` and axis pixel ``A`` in the neighbour's row (the
+    other axis pixel is ``2C - A``)."""
 
-    rows: slice
-    cols: slice
+    rows: np.ndarray
+    cols: np.ndarray
     table: np.ndarray
-
-
-def _as_slice(indices: np.ndarray) -> slice | None:
-    """Consecutive indices as a slice; ``None`` for others."""
-    if np.array_equal(indices, np.arange(indices[0], indices[-1] + 1)):
-        return slice(int(indices[0]), int(indices[-1]) + 1)
-    return None
 
 
 @lru_cache(maxsize=16)
 def _tie_rules(height: int, width: int) -> dict[int, list[_TieRule]] | None:
     """Per diagonal neighbour of ``P = 8, R = 1``, the rules for the pixels whose ties do
     not all round to 1 (:class:`_IntegerBits` counts ties as 1); ``None`` when the
-    neighbours are not where the integer test assumes, or such pixels do not form
-    rectangles of consecutive rows and columns.
+    neighbours are not where the integer test assumes.
 
     scikit-image computes each pixel's sampling fractions from its row and column index
     in float64, so their last bits, and with them the rounding of a tie, differ between
@@ -197,11 +190,8 @@ def _tie_rules(height: int, width: int) -> dict[int, list[_TieRule]] | None:
                 bottom = values[r0 + 1, c0] * (1 - dc) + values[r0 + 1, c0 + 1] * dc
                 table = top * (1 - dr) + bottom * dr >= centre
                 if not table[possible].all():
-                    rows = _as_slice(np.flatnonzero(fractions_rows == dr))
-                    cols = _as_slice(np.flatnonzero(fractions_cols == dc))
-                    if rows is None or cols is None:
-                        return None
-                    rules[k].append(_TieRule(rows, cols, table))
+                    rules[k].append(_TieRule(np.flatnonzero(fractions_rows == dr),
+                                             np.flatnonzero(fractions_cols == dc), table))
     return rules
 
 
@@ -217,7 +207,7 @@ class _TieFixes:
         axis_row = neighbour.row_shift if neighbour.row_shift else 1
         rows, cols, classes = [], [], []
         for number, rule in enumerate(rules):
-            rule_rows, rule_cols = np.mgrid[rule.rows, rule.cols]
+            rule_rows, rule_cols = np.meshgrid(rule.rows, rule.cols, indexing="ij")
             rows.append(rule_rows.ravel())
             cols.append(rule_cols.ravel())
             classes.append(np.full(rule_rows.size, number))
