@@ -62,6 +62,9 @@ class _Neighbour:
         self.col_step = int(self.frac_cols.any())
         # equal for neighbours that share the sampling along columns
         self.column_key = (self.col_shift, self.frac_cols.tobytes())
+        # of a diagonal neighbour (R = 1): the pixel of the sampled 2x2 square opposite
+        # the centre, as (row, column) offsets
+        self.corner = (self.row_shift or 1, self.col_shift or 1)
 
 
 @lru_cache(maxsize=16)
@@ -177,8 +180,7 @@ def _tie_rules(height: int, width: int) -> dict[int, list[_TieRule]] | None:
             return None
         # pixel values of the sampled 2x2 square in a tie: the centre at (0, 0), the
         # diagonal pixel (opposite corner) equal to it, the axis pixels C + t and C - t
-        row = neighbour.row_shift if neighbour.row_shift else 1
-        col = neighbour.col_shift if neighbour.col_shift else 1
+        row, col = neighbour.corner
         values = {(0, 0): centre, (row, col): centre + 0 * axis,
                   (row, 0): axis, (0, col): 2 * centre - axis}
         r0, c0 = neighbour.row_shift, neighbour.col_shift
@@ -204,7 +206,7 @@ class _TieFixes:
     def __init__(self, neighbour: _Neighbour, rules: list[_TieRule], n_images: int,
                  height: int, width: int):
         # the axis pixel in the sampled 2x2 square's row, as in :class:`_TieRule`
-        axis_row = neighbour.row_shift if neighbour.row_shift else 1
+        axis_row = neighbour.corner[0]
         rows, cols, classes = [], [], []
         for number, rule in enumerate(rules):
             rule_rows, rule_cols = np.meshgrid(rule.rows, rule.cols, indexing="ij")
@@ -284,8 +286,7 @@ class _IntegerBits:
                                  window(padded, 0, 0), out=out)
                 return
             # the sampled 2x2 square holds the centre; the diagonal pixel is its opposite
-            row = neighbour.row_shift if neighbour.row_shift else 1
-            col = neighbour.col_shift if neighbour.col_shift else 1
+            row, col = neighbour.corner
             np.add(window(axis_scaled, row, 0), window(axis_scaled, 0, col), out=total)
             np.add(total, window(diagonal_scaled, row, col), out=total)
             np.greater_equal(total, centre_scaled, out=out)
