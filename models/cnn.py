@@ -91,6 +91,11 @@ N_ETHNICITIES = 5
 AGE_SCALE = 100.0
 _AGE_BIAS_INIT = 0.3
 LOSS_WEIGHTS: dict[str, float] = {"gender": 1.0, "ethnicity": 1.0, "age": 1.0 / AGE_SCALE}
+#: Training-only output that regresses a teacher's standardised face descriptors
+#: (:func:`with_descriptor_head`); saved networks never have it.
+DESCRIPTOR_OUTPUT = "descriptor"
+#: Weight of the descriptor regression (mean squared error of standardised values).
+DEFAULT_DESCRIPTOR_WEIGHT = 1.0
 
 DEFAULT_LEARNING_RATE = 1e-3
 DEFAULT_WEIGHT_DECAY = 1e-2
@@ -295,7 +300,28 @@ def select_tasks(network: keras.Model, tasks: Sequence[str]) -> keras.Model:
 
 
 def _is_head_layer(name: str) -> bool:
-    return any(name == task or name.startswith(f"{task}_") for task in TASKS)
+    return name == DESCRIPTOR_OUTPUT or any(name == task or name.startswith(f"{task}_")
+                                            for task in TASKS)
+
+
+def with_descriptor_head(network: keras.Model, units: int) -> keras.Model:
+    """The network plus a linear output regressing a teacher's face descriptors.
+
+    The ``descriptor`` output (:data:`DESCRIPTOR_OUTPUT`) is a Dense layer of ``units``
+    on the shared features the task heads start from, so regressing it teaches the
+    trunk what the teacher's descriptors encode. The returned model shares every other
+    layer, and its weights, with ``network``: training it trains ``network``, which
+    stays as it was built (the head is for training only and is never saved).
+    """
+    import keras
+    from keras import layers
+
+    tasks = network_tasks(network)
+    features = network.get_layer(f"{tasks[0]}_dense").input
+    outputs = {task: network.get_layer(task).output for task in tasks}
+    outputs[DESCRIPTOR_OUTPUT] = layers.Dense(units, dtype="float32",
+                                              name=DESCRIPTOR_OUTPUT)(features)
+    return keras.Model(network.input, outputs, name=network.name)
 
 
 def set_trunk_trainable(network: keras.Model, trainable: bool) -> None:
@@ -389,7 +415,8 @@ def _sparse_crossentropy(label_smoothing: float) -> Callable:
 def compile_network(network: keras.Model, *, learning_rate: float = DEFAULT_LEARNING_RATE,
                     total_steps: int, warmup_steps: int = 0,
                     weight_decay: float = DEFAULT_WEIGHT_DECAY,
-                    label_smoothing: float = DEFAULT_LABEL_SMOOTHING) -> None:
+                    label_smoothing: float = DEFAULT_LABEL_SMOOTHING,
+                    descriptor_weight: float = DEFAULT_DESCRIPTOR_WEIGHT) -> None:
     """Compile with per-task losses and metrics, AdamW and a cosine schedule.
 
     Parameters
@@ -406,6 +433,9 @@ def compile_network(network: keras.Model, *, learning_rate: float = DEFAULT_LEAR
         AdamW decoupled weight decay (not applied to biases and normalisation).
     label_smoothing : float
         Share of each gender and ethnicity target spread evenly over the classes.
+    descriptor_weight : float
+        Weight of the mean squared error of the ``descriptor`` output, for a network
+        from :func:`with_descriptor_head`.
 
     Notes
     -----
@@ -430,9 +460,12 @@ def compile_network(network: keras.Model, *, learning_rate: float = DEFAULT_LEAR
     metrics = {"gender": [keras.metrics.BinaryAccuracy(name="acc")],
                "ethnicity": [keras.metrics.SparseCategoricalAccuracy(name="acc")],
                "age": [keras.metrics.MeanAbsoluteError(name="mae")]}
-    network.compile(optimizer=optimizer,
-                    loss={task: losses[task] for task in tasks},
-                    loss_weights={task: LOSS_WEIGHTS[task] for task in tasks},
+    loss = {task: losses[task] for task in tasks}
+    loss_weights = {task: LOSS_WEIGHTS[task] for task in tasks}
+    if DESCRIPTOR_OUTPUT in network.output_names:
+        loss[DESCRIPTOR_OUTPUT] = keras.losses.MeanSquaredError()
+        loss_weights[DESCRIPTOR_OUTPUT] = descriptor_weight
+    network.compile(optimizer=optimizer, loss=loss, loss_weights=loss_weights,
                     metrics={task: metrics[task] for task in tasks})
 
 
@@ -503,11 +536,14 @@ def encode_targets(labels: Mapping[str, np.ndarray],
                    tasks: Sequence[str]) -> dict[str, np.ndarray]:
     """Network targets from label codes.
 
-    Gender (N, 1) float32, ethnicity (N,) int32 codes, age (N, 1) float32 years.
+    Gender (N, 1) float32, ethnicity (N,) int32 codes, age (N, 1) float32 years, and
+    for the ``descriptor`` output (N, D) float32 rows.
     """
-    dtypes = {"gender": np.float32, "ethnicity": np.int32, "age": np.float32}
+    dtypes = {"gender": np.float32, "ethnicity": np.int32, "age": np.float32,
+              DESCRIPTOR_OUTPUT: np.float32}
+    shapes = {"ethnicity": (-1,), DESCRIPTOR_OUTPUT: (len(labels[tasks[0]]), -1)}
     return {task: np.asarray(labels[task], dtype=dtypes[task]).reshape(
-        (-1,) if task == "ethnicity" else (-1, 1)) for task in tasks}
+        shapes.get(task, (-1, 1))) for task in tasks}
 
 
 def make_dataset(images: np.ndarray, labels: Mapping[str, np.ndarray], tasks: Sequence[str], *,
@@ -558,8 +594,10 @@ def fit_network(network: keras.Model, train: tuple[np.ndarray, Mapping[str, np.n
                 batch_size: int, checkpoint_path: str | os.PathLike,
                 learning_rate: float = DEFAULT_LEARNING_RATE,
                 weight_decay: float = DEFAULT_WEIGHT_DECAY, patience: int = DEFAULT_PATIENCE,
-                freeze_trunk_epochs: int = 0, seed: int | None = None,
-                verbose: int = 2) -> dict[str, list[float]]:
+                freeze_trunk_epochs: int = 0,
+                descriptors: tuple[np.ndarray, np.ndarray] | None = None,
+                descriptor_weight: float = DEFAULT_DESCRIPTOR_WEIGHT,
+                seed: int | None = None, verbose: int = 2) -> dict[str, list[float]]:
     """Train a network in place and leave it with the weights of its best epoch.
 
     Training runs in up to two phases: ``freeze_trunk_epochs`` epochs with the trunk
@@ -569,6 +607,12 @@ def fit_network(network: keras.Model, train: tuple[np.ndarray, Mapping[str, np.n
     ``patience`` epochs without a lower validation loss. The weights of the epoch with the
     lowest validation loss, over both phases, are checkpointed to ``checkpoint_path`` and
     restored at the end.
+
+    With ``descriptors`` (a teacher's face descriptors of the training and validation
+    faces), the network trains with an extra output regressing them
+    (:func:`with_descriptor_head`), a distillation of what the teacher has learnt from
+    far more faces; the validation loss that early stopping and the checkpoint watch is
+    then the tasks' part only (``val_task_loss``), so epochs are judged as without it.
 
     Parameters
     ----------
@@ -588,6 +632,11 @@ def fit_network(network: keras.Model, train: tuple[np.ndarray, Mapping[str, np.n
         Epochs without improvement of the validation loss before a phase stops.
     freeze_trunk_epochs : int
         Epochs, at the start, that train the heads only.
+    descriptors : tuple of ndarray, optional
+        Standardised teacher descriptors (N, D) float32 of the ``train`` and ``val``
+        faces, aligned with their images; no NaN.
+    descriptor_weight : float
+        Weight of the descriptor regression in the training loss.
     seed : int, optional
         Seeds shuffling, augmentation and dropout (``keras.utils.set_random_seed``).
     verbose : int
@@ -598,7 +647,8 @@ def fit_network(network: keras.Model, train: tuple[np.ndarray, Mapping[str, np.n
     dict of str to list of float
         Keras history over all epochs run (``loss``, ``val_loss``, ``<task>_loss``,
         ``gender_acc``, ``age_mae``, ... and their ``val_`` twins), plus
-        ``trunk_frozen`` (1.0 for the epochs of the frozen phase).
+        ``trunk_frozen`` (1.0 for the epochs of the frozen phase) and, with
+        ``descriptors``, ``descriptor_loss`` and ``val_task_loss``.
     """
     if not 0 <= freeze_trunk_epochs <= epochs or epochs < 1:
         raise ValueError(f"need epochs >= 1 and 0 <= freeze_trunk_epochs <= epochs, got "
@@ -608,11 +658,20 @@ def fit_network(network: keras.Model, train: tuple[np.ndarray, Mapping[str, np.n
     if seed is not None:
         keras.utils.set_random_seed(seed)
     tasks = network_tasks(network)
+    trained, monitor, callbacks = network, "val_loss", []
+    if descriptors is not None:
+        train, val = ((images, {**labels, DESCRIPTOR_OUTPUT: rows})
+                      for (images, labels), rows in zip((train, val), descriptors))
+        tasks = (*tasks, DESCRIPTOR_OUTPUT)
+        with network.distribute_strategy.scope():
+            trained = with_descriptor_head(network, descriptors[0].shape[1])
+        monitor = "val_task_loss"
+        callbacks.append(_task_loss_callback(descriptor_weight))
     train_data = make_dataset(*train, tasks, batch_size=batch_size, training=True, seed=seed)
     val_data = make_dataset(*val, tasks, batch_size=batch_size, training=False)
     steps_per_epoch = -(-len(train[0]) // batch_size)
     checkpoint = keras.callbacks.ModelCheckpoint(
-        os.fspath(checkpoint_path), monitor="val_loss", save_best_only=True,
+        os.fspath(checkpoint_path), monitor=monitor, mode="min", save_best_only=True,
         save_weights_only=True)
     history: dict[str, list[float]] = {}
     done = 0
@@ -620,27 +679,42 @@ def fit_network(network: keras.Model, train: tuple[np.ndarray, Mapping[str, np.n
     for phase_epochs, frozen in phases:
         if phase_epochs == 0:
             continue
-        set_trunk_trainable(network, not frozen)
+        set_trunk_trainable(trained, not frozen)
         with network.distribute_strategy.scope():   # the strategy the network was built in
-            compile_network(network, learning_rate=learning_rate, weight_decay=weight_decay,
+            compile_network(trained, learning_rate=learning_rate, weight_decay=weight_decay,
                             total_steps=phase_epochs * steps_per_epoch,
-                            warmup_steps=steps_per_epoch)
+                            warmup_steps=steps_per_epoch, descriptor_weight=descriptor_weight)
         # Early stopping watches the second half of the phase only: at a high learning
         # rate the validation loss is noisy, and a stop there skips the low-rate epochs
         # that give the best weights (a 40-epoch run stopped at epoch 22, best 17).
-        stopper = keras.callbacks.EarlyStopping(monitor="val_loss", patience=patience,
+        stopper = keras.callbacks.EarlyStopping(monitor=monitor, mode="min", patience=patience,
                                                 start_from_epoch=done + phase_epochs // 2)
-        result = network.fit(train_data, validation_data=val_data, initial_epoch=done,
-                             epochs=done + phase_epochs, callbacks=[checkpoint, stopper],
+        result = trained.fit(train_data, validation_data=val_data, initial_epoch=done,
+                             epochs=done + phase_epochs,
+                             callbacks=[*callbacks, checkpoint, stopper],
                              shuffle=False, verbose=verbose)
         for key, values in result.history.items():
             history.setdefault(key, []).extend(float(value) for value in values)
         history.setdefault("trunk_frozen", []).extend([float(frozen)] * len(result.epoch))
         done += len(result.epoch)
-    set_trunk_trainable(network, True)
+    set_trunk_trainable(trained, True)
     # The optimizer of the last phase may not match the checkpoint's: restore weights only.
-    network.load_weights(os.fspath(checkpoint_path), objects_to_skip=[network.optimizer])
+    trained.load_weights(os.fspath(checkpoint_path), objects_to_skip=[trained.optimizer])
     return history
+
+
+def _task_loss_callback(descriptor_weight: float):
+    """A Keras callback adding ``val_task_loss``, the validation loss without the
+    weighted descriptor term, to each epoch's logs (before the callbacks after it)."""
+    import keras
+
+    class TaskLoss(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if logs is not None and "val_loss" in logs:
+                logs["val_task_loss"] = (logs["val_loss"] - descriptor_weight
+                                         * logs[f"val_{DESCRIPTOR_OUTPUT}_loss"])
+
+    return TaskLoss()
 
 
 # --- saving, loading, predicting --------------------------------------------------------

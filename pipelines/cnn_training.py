@@ -24,10 +24,12 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from features.embeddings import N_FEATURES, DlibFaceDescriptor
+from features.extract import extract_features
 from features.io import DEFAULT_SIZE, load_images
-from models.cnn import (CNNPredictor, DEFAULT_LEARNING_RATE, OUTPUT_LAYERS, build_model,
-                        distribution_strategy, fit_network, load_model, resolve_tasks,
-                        select_tasks)
+from models.cnn import (CNNPredictor, DEFAULT_DESCRIPTOR_WEIGHT, DEFAULT_LEARNING_RATE,
+                        OUTPUT_LAYERS, build_model, distribution_strategy, fit_network,
+                        load_model, resolve_tasks, select_tasks)
 from models.precision import check_precision, set_precision
 from pipelines.dataset import DatasetIndex, index_folder
 from pipelines.metrics import evaluate_task, headline
@@ -96,6 +98,64 @@ def evaluate(predictor: CNNPredictor,
             for task in predictor.tasks}
 
 
+#: Image size the teacher's descriptors are computed at (UTKFace's own resolution).
+TEACHER_SIZE = (200, 200)
+
+
+def teacher_descriptors(faces: dict[str, Faces], n_jobs: int = 1,
+                        cache_dir: str | os.PathLike | None = None,
+                        progress: bool = True) -> tuple[dict[str, np.ndarray], int]:
+    """dlib face descriptors of the faces, standardised with the training faces' statistics.
+
+    The descriptors (:class:`features.embeddings.DlibFaceDescriptor`, 200x200 RGB) are
+    the targets of the CNN's distillation output (``models.cnn.fit_network``). Each of the
+    128 values is centred and scaled by its mean and standard deviation over the
+    ``train`` faces, so every value weighs alike in the squared error. Faces without a
+    descriptor (dlib's face check failed, or the file could not be read at 200x200 RGB)
+    get the mean descriptor, all zeros after standardising, and are counted.
+
+    Parameters
+    ----------
+    faces : dict of str to Faces
+        Split parts, with at least ``train``.
+    n_jobs : int
+        Worker processes.
+    cache_dir : path-like, optional
+        Feature cache folder (:func:`features.extract_features`).
+    progress : bool
+        Show a progress bar.
+
+    Returns
+    -------
+    descriptors : dict of str to ndarray
+        Part -> float32 (N, 128), aligned with that part's images.
+    missing : int
+        Faces that got the mean descriptor.
+
+    Raises
+    ------
+    ImportError
+        Without dlib (``pip install -e ".[embeddings]"``).
+    """
+    raw = {}
+    for part, part_faces in faces.items():
+        paths = part_faces.index.paths
+        report = extract_features(paths, DlibFaceDescriptor(), size=TEACHER_SIZE,
+                                  color="rgb", n_jobs=n_jobs, cache_dir=cache_dir,
+                                  progress=progress)
+        rows = np.full((len(paths), N_FEATURES), np.nan, np.float32)
+        rows[report.kept] = report.images
+        raw[part] = rows
+    mean = np.nanmean(raw["train"], axis=0)
+    scale = np.nanstd(raw["train"], axis=0)
+    missing = sum(int(np.isnan(rows).any(axis=1).sum()) for rows in raw.values())
+    if missing:
+        logger.warning("%d faces have no teacher descriptor (no face found by dlib); "
+                       "they get the mean descriptor", missing)
+    return {part: np.nan_to_num((rows - mean) / scale).astype(np.float32)
+            for part, rows in raw.items()}, missing
+
+
 def _initial_network(init_from: str | os.PathLike | None, architecture: str,
                      tasks: Sequence[str] | None, size: tuple[int, int] | None,
                      color: str | None, seed: int):
@@ -144,7 +204,8 @@ def train_cnn(data_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
               epochs: int = DEFAULT_EPOCHS, batch_size: int = DEFAULT_BATCH_SIZE,
               learning_rate: float | None = None, precision: str = "float32", seed: int = 0,
               n_jobs: int = -1, init_from: str | os.PathLike | None = None,
-              freeze_trunk_epochs: int = 0, overwrite: bool = False,
+              freeze_trunk_epochs: int = 0, distill: bool = False,
+              cache_dir: str | os.PathLike | None = None, overwrite: bool = False,
               max_train: int | None = None, progress: bool = True) -> dict[str, Any]:
     """Train a CNN (or fine-tune a saved one) on a labelled folder, then score it.
 
@@ -193,6 +254,14 @@ def train_cnn(data_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
         it is scored on the test split before and after training.
     freeze_trunk_epochs : int
         With ``init_from``, epochs at the start that train the heads only.
+    distill : bool
+        Also train the network to regress dlib's face descriptors of the training faces
+        (:func:`teacher_descriptors`, ``models.cnn.with_descriptor_head``); the saved
+        network has no such output and predicts without dlib. Needs dlib
+        (``pip install -e ".[embeddings]"``) and about 125 ms of CPU per training and
+        validation face once (cached in ``cache_dir``).
+    cache_dir : path-like, optional
+        Feature cache folder for the teacher's descriptors.
     overwrite : bool
         Replace the results in a non-empty ``out_dir``.
     max_train : int, optional
@@ -211,7 +280,8 @@ def train_cnn(data_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
         ``history``, ``validation`` and ``test`` (headline figures per task, the
         network with its prediction views, as saved), ``test_faces_sha256``
         (:func:`pipelines.splits.names_sha256` of the test faces scored) and, when
-        fine-tuning, ``init_from`` and ``test_before``.
+        fine-tuning, ``init_from`` and ``test_before``; with ``distill``, ``distill``
+        (teacher, weight, faces without a descriptor, seconds to compute them).
 
     Raises
     ------
@@ -250,6 +320,15 @@ def train_cnn(data_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
         summary["init_from"] = os.fspath(init_from)
         summary["test_before"] = _headlines(evaluate(predictor, faces["test"]))
         logger.info("before fine-tuning, on the test split: %s", summary["test_before"])
+    descriptors = None
+    if distill:
+        started = time.perf_counter()
+        teacher, missing = teacher_descriptors(
+            {part: faces[part] for part in ("train", "val")}, n_jobs, cache_dir, progress)
+        descriptors = (teacher["train"], teacher["val"])
+        summary["distill"] = {"teacher": "dlib", "weight": DEFAULT_DESCRIPTOR_WEIGHT,
+                              "faces_without_descriptor": missing,
+                              "seconds": round(time.perf_counter() - started, 1)}
     started = time.perf_counter()
     history = fit_network(
         network, (faces["train"].images, faces["train"].labels(predictor.tasks)),
@@ -257,7 +336,8 @@ def train_cnn(data_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
         epochs=epochs, batch_size=batch_size, checkpoint_path=out / CHECKPOINT_FILE,
         learning_rate=learning_rate or (DEFAULT_LEARNING_RATE if init_from is None
                                         else FINE_TUNE_LEARNING_RATE),
-        freeze_trunk_epochs=freeze_trunk_epochs, seed=seed, verbose=2 if progress else 0)
+        freeze_trunk_epochs=freeze_trunk_epochs, descriptors=descriptors, seed=seed,
+        verbose=2 if progress else 0)
     seconds = time.perf_counter() - started
     (out / CHECKPOINT_FILE).unlink()
     predictor = CNNPredictor(set_precision(network, "float32"))
@@ -269,7 +349,7 @@ def train_cnn(data_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
         write_task_report(out, task, metrics, faces["test"].index.labels(task), predicted)
     summary.update({
         "model_path": str(out / MODEL_FILE), "epochs_run": len(history["loss"]),
-        "best_epoch": int(np.argmin(history["val_loss"])) + 1,
+        "best_epoch": int(np.argmin(history.get("val_task_loss", history["val_loss"]))) + 1,
         "train_seconds": round(seconds, 1),
         "train_images_per_second": round(len(faces["train"].images) * len(history["loss"])
                                           / seconds, 1),

@@ -158,6 +158,10 @@ def build_parser() -> argparse.ArgumentParser:
                           "from scratch; reports test metrics before and after")
     cnn.add_argument("--freeze-trunk-epochs", type=int, default=0,
                      help="when fine-tuning, train only the heads for this many epochs first")
+    cnn.add_argument("--distill", action="store_true",
+                     help="also train the network to regress dlib's face descriptors of the "
+                          "training faces (needs the embeddings extra; computed once, cached "
+                          "in --cache-dir); the saved network predicts without dlib")
     return parser
 
 
@@ -171,7 +175,8 @@ def _run_cnn(args: argparse.Namespace, tasks: Sequence[str]) -> int:
                         manifest_path=args.split, color=args.color, epochs=args.epochs,
                         batch_size=args.batch_size, precision=args.precision,
                         seed=args.seed, n_jobs=args.n_jobs, init_from=args.init_from,
-                        freeze_trunk_epochs=args.freeze_trunk_epochs,
+                        freeze_trunk_epochs=args.freeze_trunk_epochs, distill=args.distill,
+                        cache_dir=None if args.no_cache else args.cache_dir,
                         overwrite=args.overwrite, progress=not args.quiet)
     rows = [{**result_row(task, f"cnn:{args.architecture}", summary["counts"]["train"],
                           summary["validation"][task], figures),

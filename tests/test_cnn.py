@@ -220,6 +220,81 @@ def test_freezing_needs_a_saved_network(tmp_path):
         train_cnn(tmp_path, tmp_path / "out", freeze_trunk_epochs=1)
 
 
+# --- distillation of a teacher's face descriptors ----------------------------------------
+
+
+def test_descriptor_head_shares_the_network_and_leaves_it_unchanged():
+    network = build_model("default", (SIZE, SIZE, 1), seed=0)
+    student = cnn.with_descriptor_head(network, 7)
+    images = np.random.default_rng(4).integers(0, 256, (3, SIZE, SIZE, 1)).astype(np.float32)
+    outputs, alone = student(images), network(images)
+    assert tuple(outputs[cnn.DESCRIPTOR_OUTPUT].shape) == (3, 7)
+    for task in TASKS:
+        np.testing.assert_array_equal(outputs[task], alone[task])
+    assert student.get_layer("stem_conv") is network.get_layer("stem_conv")
+    assert sorted(network.output_names) == sorted(TASKS)
+
+
+@pytest.mark.slow
+def test_distillation_judges_epochs_by_the_task_losses_and_keeps_the_best(tmp_path):
+    rng = np.random.default_rng(5)
+    images = rng.integers(0, 256, (48, SIZE, SIZE, 1), dtype=np.uint8)
+    labels = synthetic_labels(48, seed=5)
+    descriptors = rng.normal(size=(48, 8)).astype(np.float32)
+    train = (images[:32], {task: values[:32] for task, values in labels.items()})
+    val = (images[32:], {task: values[32:] for task, values in labels.items()})
+    network = build_model("default", (SIZE, SIZE, 1), seed=0)
+    stem = network.get_layer("stem_conv").get_weights()[0].copy()
+    history = fit_network(network, train, val, epochs=3, batch_size=16, seed=0, verbose=0,
+                          descriptors=(descriptors[:32], descriptors[32:]),
+                          descriptor_weight=0.5, checkpoint_path=tmp_path / "best.weights.h5")
+    task_loss = np.array(history["val_task_loss"])
+    np.testing.assert_allclose(
+        task_loss, np.array(history["val_loss"]) - 0.5 * np.array(history["val_descriptor_loss"]),
+        rtol=1e-6)
+    np.testing.assert_allclose(
+        task_loss, sum(cnn.LOSS_WEIGHTS[task] * np.array(history[f"val_{task}_loss"])
+                       for task in TASKS), rtol=1e-4)
+    assert not np.array_equal(stem, network.get_layer("stem_conv").get_weights()[0])
+    assert sorted(network.output_names) == sorted(TASKS)
+    # the network left behind is the best epoch's by the task losses
+    compile_network(network, total_steps=1)
+    restored = network.evaluate(make_dataset(*val, TASKS, batch_size=16, training=False),
+                                verbose=0, return_dict=True)["loss"]
+    assert restored == pytest.approx(task_loss.min(), rel=1e-4)
+
+
+@pytest.mark.slow
+def test_teacher_descriptors_are_dlibs_standardised_on_the_training_faces(face_dir, tmp_path):
+    pytest.importorskip("dlib", reason="the embeddings extra is not installed")
+    from features.embeddings import DlibFaceDescriptor
+    from features.io import load_images
+    from pipelines.cnn_training import Faces, TEACHER_SIZE, teacher_descriptors
+
+    folder = tmp_path / "faces"
+    folder.mkdir()
+    for path in sorted(face_dir.iterdir())[:10]:
+        (folder / path.name).symlink_to(path.resolve())
+    blank = "30_0_0_20170101000000000.jpg.chip.jpg"   # no face: no descriptor
+    Image.new("RGB", (200, 200), (128, 128, 128)).save(folder / blank, format="JPEG")
+    index = index_folder(folder)
+    real = [i for i, name in enumerate(index.file_names) if name != blank]
+    parts = {"train": index.subset(real[:8] + [index.file_names.index(blank)]),
+             "val": index.subset(real[8:])}
+    rows, missing = teacher_descriptors({part: Faces(np.empty(0), part_index)
+                                         for part, part_index in parts.items()}, n_jobs=1,
+                                        progress=False)
+    assert missing == 1 and rows["train"].shape == (9, 128) and rows["val"].shape == (2, 128)
+    np.testing.assert_array_equal(rows["train"][-1], 0)
+    raw = {part: DlibFaceDescriptor().transform(
+        load_images(part_index.paths, size=TEACHER_SIZE, color="rgb", progress=False).images)
+        for part, part_index in parts.items()}
+    mean, scale = raw["train"][:8].mean(axis=0), raw["train"][:8].std(axis=0)
+    np.testing.assert_allclose(rows["train"][:8], (raw["train"][:8] - mean) / scale,
+                               rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(rows["val"], (raw["val"] - mean) / scale, rtol=1e-4, atol=1e-4)
+
+
 # --- end to end: train, save, load, fine-tune -------------------------------------------
 
 

@@ -50,3 +50,23 @@ def test_cnn_refuses_the_age_group_task(tmp_path, tasks, capsys) -> None:
     assert exit_info.value.code == 2
     assert "the CNN has heads for gender, ethnicity and age only" in capsys.readouterr().err
     assert not (tmp_path / "cnn").exists()
+
+
+@pytest.mark.slow
+def test_cnn_distils_dlib_descriptors_through_the_main_command(tmp_path, face_paths,
+                                                               capsys) -> None:
+    pytest.importorskip("dlib", reason="the embeddings extra is not installed")
+    folder = link_faces(tmp_path / "faces", face_paths)
+    out = tmp_path / "cnn"
+    argv = ["--model", "cnn", "--data", str(folder), "--split", str(tmp_path / "split.json"),
+            "--out", str(out), "--epochs", "2", "--batch-size", "8", "--n-jobs", "1",
+            "--distill", "--cache-dir", str(tmp_path / "cache"), "--quiet"]
+    assert main(argv) == 0
+    summary = json.loads((out / "cnn_summary.json").read_text())
+    assert summary["distill"]["teacher"] == "dlib"
+    assert summary["distill"]["faces_without_descriptor"] == 0
+    task_loss = summary["history"]["val_task_loss"]
+    assert summary["best_epoch"] == task_loss.index(min(task_loss)) + 1
+    assert sorted(load_model(out / "model.keras").network.output_names) == \
+        ["age", "ethnicity", "gender"]
+    assert any((tmp_path / "cache").rglob("*.pkl"))   # the descriptors were cached
