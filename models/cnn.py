@@ -52,6 +52,15 @@ decoupled weight decay, a cosine learning-rate schedule with warm-up, early
 stopping on the validation loss in the second half of the schedule and the best epoch's
 weights restored.
 
+Distillation (optional, ``descriptors`` of :func:`fit_network`): the network can also
+learn to regress a teacher's face descriptors of its training faces, standardised (for
+``pipelines.run --distill``, dlib's 128-d face-recognition descriptors, from a ResNet
+trained on millions of faces). The regression is a linear ``descriptor`` output on the
+shared features (:func:`with_descriptor_head`), weighted by
+:data:`DEFAULT_DESCRIPTOR_WEIGHT` in the training loss, and exists only while training:
+the saved network predicts from pixels alone, and its epochs are judged by the tasks'
+part of the validation loss.
+
 Devices
 -------
 :func:`distribution_strategy` picks the ``tf.distribute`` strategy a network is built,

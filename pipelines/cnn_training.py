@@ -281,7 +281,8 @@ def train_cnn(data_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
         network with its prediction views, as saved), ``test_faces_sha256``
         (:func:`pipelines.splits.names_sha256` of the test faces scored) and, when
         fine-tuning, ``init_from`` and ``test_before``; with ``distill``, ``distill``
-        (teacher, weight, faces without a descriptor, seconds to compute them).
+        (teacher, weight, faces without a descriptor, seconds to compute them or read
+        them from the cache).
 
     Raises
     ------
