@@ -550,9 +550,10 @@ def encode_targets(labels: Mapping[str, np.ndarray],
     """
     dtypes = {"gender": np.float32, "ethnicity": np.int32, "age": np.float32,
               DESCRIPTOR_OUTPUT: np.float32}
-    shapes = {"ethnicity": (-1,), DESCRIPTOR_OUTPUT: (len(labels[tasks[0]]), -1)}
-    return {task: np.asarray(labels[task], dtype=dtypes[task]).reshape(
-        shapes.get(task, (-1, 1))) for task in tasks}
+    targets = {task: np.asarray(labels[task], dtype=dtypes[task]) for task in tasks}
+    return {task: values.reshape((len(values), -1) if task == DESCRIPTOR_OUTPUT
+                                 else (-1,) if task == "ethnicity" else (-1, 1))
+            for task, values in targets.items()}
 
 
 def make_dataset(images: np.ndarray, labels: Mapping[str, np.ndarray], tasks: Sequence[str], *,

@@ -292,9 +292,13 @@ def train_cnn(data_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
         For inconsistent settings (unknown architecture or task, ``freeze_trunk_epochs``
         without ``init_from`` or above ``epochs``, size or colour unlike the saved
         network's).
+    ImportError
+        With ``distill`` but without dlib or its models.
     """
     if freeze_trunk_epochs and init_from is None:
         raise ValueError("freeze_trunk_epochs needs init_from: a new trunk cannot be frozen")
+    if distill:
+        DlibFaceDescriptor().fit()   # without dlib, fail before anything is loaded or written
     precision = check_precision(precision)
     strategy = distribution_strategy()
     with strategy.scope():

@@ -220,6 +220,13 @@ def test_freezing_needs_a_saved_network(tmp_path):
         train_cnn(tmp_path, tmp_path / "out", freeze_trunk_epochs=1)
 
 
+def test_distillation_without_dlib_fails_before_writing(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "dlib", None)
+    with pytest.raises(ImportError, match="embeddings"):
+        train_cnn(tmp_path, tmp_path / "out", distill=True)
+    assert not (tmp_path / "out").exists()
+
+
 # --- distillation of a teacher's face descriptors ----------------------------------------
 
 
