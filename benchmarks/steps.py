@@ -184,11 +184,13 @@ def cnn_step(pipeline: CNNPipeline, job: Job) -> dict[str, Any]:
     from models.cnn import load_model
     from pipelines.cnn_training import train_cnn
 
+    # both architectures under one recipe, as recorded: without the dlib distillation
+    # that pipelines.run adds to the default architecture
     summary = train_cnn(job.data, job.out, architecture=pipeline.architecture,
                         tasks=pipeline.tasks, manifest_path=job.split, size=pipeline.size,
                         color=pipeline.color, epochs=pipeline.epochs,
-                        batch_size=pipeline.batch_size, seed=job.seed, n_jobs=job.n_jobs,
-                        overwrite=True, progress=job.progress)
+                        batch_size=pipeline.batch_size, distill=False, seed=job.seed,
+                        n_jobs=job.n_jobs, overwrite=True, progress=job.progress)
     model_path = Path(summary["model_path"])
     sample = [os.path.join(job.data, name)
               for name in Split.load(job.split).test[:job.predict_sample]]

@@ -156,6 +156,15 @@ def teacher_descriptors(faces: dict[str, Faces], n_jobs: int = 1,
             for part, rows in raw.items()}, missing
 
 
+def _check_teacher() -> None:
+    """Fail, saying how to go on, when dlib or its models are missing."""
+    try:
+        DlibFaceDescriptor().fit()
+    except ImportError as error:
+        raise ImportError(f"{error}; or train without distilling dlib's face descriptors "
+                          f"(--no-distill, distill=False)") from error
+
+
 def _initial_network(init_from: str | os.PathLike | None, architecture: str,
                      tasks: Sequence[str] | None, size: tuple[int, int] | None,
                      color: str | None, seed: int):
@@ -204,7 +213,7 @@ def train_cnn(data_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
               epochs: int = DEFAULT_EPOCHS, batch_size: int = DEFAULT_BATCH_SIZE,
               learning_rate: float | None = None, precision: str = "float32", seed: int = 0,
               n_jobs: int = -1, init_from: str | os.PathLike | None = None,
-              freeze_trunk_epochs: int = 0, distill: bool = False,
+              freeze_trunk_epochs: int = 0, distill: bool | None = None,
               cache_dir: str | os.PathLike | None = None, overwrite: bool = False,
               max_train: int | None = None, progress: bool = True) -> dict[str, Any]:
     """Train a CNN (or fine-tune a saved one) on a labelled folder, then score it.
@@ -254,12 +263,13 @@ def train_cnn(data_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
         it is scored on the test split before and after training.
     freeze_trunk_epochs : int
         With ``init_from``, epochs at the start that train the heads only.
-    distill : bool
+    distill : bool, optional
         Also train the network to regress dlib's face descriptors of the training faces
         (:func:`teacher_descriptors`, ``models.cnn.with_descriptor_head``); the saved
         network has no such output and predicts without dlib. Needs dlib
         (``pip install -e ".[embeddings]"``) and about 125 ms of CPU per training and
-        validation face once (cached in ``cache_dir``).
+        validation face once (cached in ``cache_dir``). By default on for a new network
+        of the default architecture, off for ``seed_baseline`` and fine-tuning.
     cache_dir : path-like, optional
         Feature cache folder for the teacher's descriptors.
     overwrite : bool
@@ -293,12 +303,14 @@ def train_cnn(data_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
         without ``init_from`` or above ``epochs``, size or colour unlike the saved
         network's).
     ImportError
-        With ``distill`` but without dlib or its models.
+        When distilling without dlib or its models.
     """
     if freeze_trunk_epochs and init_from is None:
         raise ValueError("freeze_trunk_epochs needs init_from: a new trunk cannot be frozen")
+    if distill is None:
+        distill = init_from is None and architecture == "default"
     if distill:
-        DlibFaceDescriptor().fit()   # without dlib, fail before anything is loaded or written
+        _check_teacher()   # without dlib, fail before anything is loaded or written
     precision = check_precision(precision)
     strategy = distribution_strategy()
     with strategy.scope():

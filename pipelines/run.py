@@ -158,10 +158,12 @@ def build_parser() -> argparse.ArgumentParser:
                           "from scratch; reports test metrics before and after")
     cnn.add_argument("--freeze-trunk-epochs", type=int, default=0,
                      help="when fine-tuning, train only the heads for this many epochs first")
-    cnn.add_argument("--distill", action="store_true",
+    cnn.add_argument("--distill", action=argparse.BooleanOptionalAction, default=None,
                      help="also train the network to regress dlib's face descriptors of the "
                           "training faces (needs the embeddings extra; computed once, cached "
-                          "in --cache-dir); the saved network predicts without dlib")
+                          "in --cache-dir); the saved network predicts without dlib "
+                          "(default: on for a new network of the default architecture, off "
+                          "for seed_baseline and --init-from)")
     return parser
 
 

@@ -220,10 +220,12 @@ def test_freezing_needs_a_saved_network(tmp_path):
         train_cnn(tmp_path, tmp_path / "out", freeze_trunk_epochs=1)
 
 
-def test_distillation_without_dlib_fails_before_writing(tmp_path, monkeypatch):
+@pytest.mark.parametrize("settings", [{}, {"distill": True}])
+def test_distillation_without_dlib_fails_before_writing(tmp_path, monkeypatch, settings):
     monkeypatch.setitem(sys.modules, "dlib", None)
-    with pytest.raises(ImportError, match="embeddings"):
-        train_cnn(tmp_path, tmp_path / "out", distill=True)
+    # a new default network distils unless told not to
+    with pytest.raises(ImportError, match=r"embeddings.*--no-distill"):
+        train_cnn(tmp_path, tmp_path / "out", **settings)
     assert not (tmp_path / "out").exists()
 
 

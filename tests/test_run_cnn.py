@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import sys
+
 import pytest
 
 from models.cnn import load_model
@@ -21,6 +23,7 @@ def test_cnn_through_the_main_command(tmp_path, face_paths, capsys) -> None:
     assert "cnn:default" in table and "gender" in table and "age" in table
     assert "val_accuracy" in table and "test_mae" in table
     summary = json.loads((out / "cnn_summary.json").read_text())
+    assert summary["distill"]["weight"] == 3.0   # on by default
     assert set(summary["test"]) == set(summary["validation"]) == {"gender", "age"}
     assert 0 <= summary["validation"]["gender"]["accuracy"] <= 1
     assert summary["validation"]["age"]["mae"] >= 0
@@ -29,7 +32,9 @@ def test_cnn_through_the_main_command(tmp_path, face_paths, capsys) -> None:
 
 
 @pytest.mark.slow
-def test_default_tasks_follow_the_cnn_architecture(tmp_path, face_paths, capsys) -> None:
+def test_default_tasks_follow_the_cnn_architecture(tmp_path, face_paths, capsys,
+                                                   monkeypatch) -> None:
+    monkeypatch.setitem(sys.modules, "dlib", None)   # the seed network does not distil
     folder = link_faces(tmp_path / "faces", face_paths)
     out = tmp_path / "seed"
     argv = ["--model", "cnn", "--architecture", "seed_baseline", "--data", str(folder),
