@@ -243,9 +243,10 @@ def train_cnn(data_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
     color : {"gray", "rgb"}, optional
         Input colour; grayscale for a new network, the saved one's otherwise.
     epochs : int
-        Maximum epochs (early stopping may end sooner). The default of 45 took 33 min
-        on a 2-core CPU with AVX-512 (2026-12-02, 42 epochs run, 339 training faces/s);
-        about 55 min estimated on the 2x slower CPU of the earlier runs.
+        Maximum epochs (early stopping may end sooner). The default network with its
+        default distillation took 21 min 34 s on a 2-core CPU with AVX-512 (2026-12-05,
+        37 epochs run, 455 training faces/s), plus 706 s for the teacher's descriptors
+        the first time.
     batch_size : int
         Faces per step.
     learning_rate : float, optional
