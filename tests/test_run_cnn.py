@@ -17,7 +17,7 @@ def test_cnn_through_the_main_command(tmp_path, face_paths, capsys) -> None:
     out = tmp_path / "cnn"
     argv = ["--model", "cnn", "--data", str(folder), "--split", str(tmp_path / "split.json"),
             "--out", str(out), "--epochs", "1", "--batch-size", "8", "--n-jobs", "1",
-            "--tasks", "gender", "age", "--quiet"]
+            "--tasks", "gender", "age", "--cache-dir", str(tmp_path / "cache"), "--quiet"]
     assert main(argv) == 0
     table = capsys.readouterr().out
     assert "cnn:default" in table and "gender" in table and "age" in table
