@@ -13,9 +13,10 @@ Per face, as dlib's face-recognition examples do:
    surroundings (see "Faces without a face" below);
 2. landmarks: the shape predictor placed in the face box;
 3. alignment: ``dlib.get_face_chip`` (150x150, padding 0.25);
-4. descriptor: ``face_recognition_model_v1.compute_face_descriptor`` on the chips,
-   in batches (the batched call is a little faster than one chip at a time; see
-   ``benchmarks/EMBEDDINGS.md``).
+4. descriptor: dlib's face-recognition ResNet on the chips, in batches: by default
+   its Keras translation (:mod:`features.face_resnet`, the same descriptors to
+   within 1e-6, many times faster), or with ``network="dlib"`` dlib's own
+   ``face_recognition_model_v1.compute_face_descriptor``.
 
 Two descriptors closer than 0.6 (Euclidean) are, by dlib's calibration, the same
 person. On UTKFace 200x200 crops, the same face moved by 3 pixels stays within
@@ -60,8 +61,9 @@ a face that was not found. ``min_face_score=None`` skips the check (about 7 ms p
 face). In worker processes (``extract_features(..., n_jobs>1)``) the warning is
 logged in the worker; the NaN rows reach the caller either way.
 
-Cost on one 2-core x86_64 core: about 125 ms of CPU per face, nearly all in the
-ResNet; ``benchmarks/embedding_speed.py`` measures it.
+With dlib's own network nearly all the time goes to the ResNet; with the Keras
+network the face check, landmarks and alignment take most of it.
+``benchmarks/embedding_speed.py`` measures both.
 """
 from __future__ import annotations
 
@@ -85,6 +87,7 @@ CHIP_PADDING = 0.25
 LANDMARK_MODELS = {68: "shape_predictor_68_face_landmarks.dat",
                    5: "shape_predictor_5_face_landmarks.dat"}
 RECOGNITION_MODEL = "dlib_face_recognition_resnet_model_v1.dat"
+NETWORKS = ("keras", "dlib")
 _CHECK_SIZE = 200
 _BATCH = 32
 _INDICES_LOGGED = 10
@@ -201,9 +204,74 @@ def face_scores(images: Sequence[np.ndarray], boxes: Sequence[Sequence[float]] |
     return scores
 
 
+def face_chips(images: Sequence[np.ndarray], boxes: Sequence[Sequence[float]] | None = None,
+               *, inset: float = 0.05, landmarks: int = 68) -> np.ndarray:
+    """Aligned 150x150 face chips: landmarks placed in each box, then ``dlib.get_face_chip``
+    (padding 0.25), the input of the descriptor network. No face check.
+
+    Parameters
+    ----------
+    images, boxes, inset, landmarks
+        As in :func:`describe_faces`.
+
+    Returns
+    -------
+    ndarray of uint8, shape (N, 150, 150, 3)
+    """
+    dlib = _import_dlib()
+    predictor = landmark_model(landmarks)
+    images, boxes = _checked(images, boxes, inset)
+    chips = np.empty((len(images), CHIP_SIZE, CHIP_SIZE, 3), dtype=np.uint8)
+    for i, (image, (top, left, height, width)) in enumerate(zip(images, boxes)):
+        rect = dlib.rectangle(round(left), round(top), round(left + width) - 1,
+                              round(top + height) - 1)
+        chips[i] = dlib.get_face_chip(image, predictor(image, rect), CHIP_SIZE, CHIP_PADDING)
+    return chips
+
+
+def _check_network(network: str) -> str:
+    if network not in NETWORKS:
+        raise ValueError(f"network must be one of {NETWORKS}, got {network!r}")
+    return network
+
+
+def chip_descriptors(chips: np.ndarray, network: str = "keras",
+                     num_jitters: int = 0) -> np.ndarray:
+    """Descriptors of aligned 150x150 RGB uint8 chips (``dlib.get_face_chip``'s).
+
+    Parameters
+    ----------
+    chips : ndarray of uint8, shape (N, 150, 150, 3)
+    network : {"keras", "dlib"}
+        The Keras translation of dlib's ResNet (:mod:`features.face_resnet`) or
+        dlib's own ``compute_face_descriptor``.
+    num_jitters : int
+        Above 1: the mean descriptor of that many copies jittered by
+        ``dlib.jitter_image`` (unseeded, so not repeatable).
+
+    Returns
+    -------
+    ndarray of float32, shape (N, 128)
+    """
+    _check_network(network)
+    if not len(chips):
+        return np.empty((0, N_FEATURES), dtype=np.float32)
+    if network == "dlib":
+        return np.concatenate([
+            np.asarray(descriptor_model().compute_face_descriptor(
+                list(chips[start:start + _BATCH]), num_jitters), dtype=np.float32)
+            for start in range(0, len(chips), _BATCH)])
+    from features import face_resnet
+    if num_jitters <= 1:
+        return face_resnet.chip_descriptors(chips)
+    jitter = _import_dlib().jitter_image
+    return np.stack([face_resnet.chip_descriptors(np.stack(jitter(chip, num_jitters))).mean(0)
+                     for chip in chips])
+
+
 def describe_faces(images: Sequence[np.ndarray], boxes: Sequence[Sequence[float]] | None = None,
                    *, inset: float = 0.05, landmarks: int = 68, num_jitters: int = 0,
-                   min_face_score: float | None = -0.6) -> np.ndarray:
+                   min_face_score: float | None = -0.6, network: str = "keras") -> np.ndarray:
     """dlib's 128-d descriptors of the faces in ``images``.
 
     Parameters
@@ -223,10 +291,13 @@ def describe_faces(images: Sequence[np.ndarray], boxes: Sequence[Sequence[float]
         0 or 1: one pass per face. Above 1: the average descriptor of that many
         randomly jittered copies, which dlib draws without a seed, so the result
         differs slightly between calls (~0.02); the network's cost grows in
-        proportion (10 copies: ~1.3 s per face).
+        proportion.
     min_face_score : float or None
         Lowest detector score of the face check (see the module docstring);
         None skips the check.
+    network : {"keras", "dlib"}
+        Which implementation of the ResNet computes the descriptors
+        (:func:`chip_descriptors`).
 
     Returns
     -------
@@ -243,24 +314,17 @@ def describe_faces(images: Sequence[np.ndarray], boxes: Sequence[Sequence[float]
     """
     if num_jitters < 0:
         raise ValueError(f"num_jitters must be >= 0, got {num_jitters!r}")
-    dlib = _import_dlib()
-    predictor = landmark_model(landmarks)
+    _check_network(network)
     images, boxes = _checked(images, boxes, inset)
     found = np.ones(len(images), dtype=bool)
     if min_face_score is not None:
         found = face_scores(images, boxes, inset=inset, floor=min_face_score) >= min_face_score
     rows = np.flatnonzero(found)
-    chips = []
-    for i in rows:
-        top, left, height, width = boxes[i]
-        rect = dlib.rectangle(round(left), round(top), round(left + width) - 1,
-                              round(top + height) - 1)
-        chips.append(dlib.get_face_chip(images[i], predictor(images[i], rect),
-                                        CHIP_SIZE, CHIP_PADDING))
     out = np.full((len(images), N_FEATURES), np.nan, dtype=np.float32)
-    for start in range(0, len(chips), _BATCH):
-        out[rows[start:start + _BATCH]] = descriptor_model().compute_face_descriptor(
-            chips[start:start + _BATCH], num_jitters)
+    if len(rows):
+        chips = face_chips([images[i] for i in rows], [boxes[i] for i in rows],
+                           landmarks=landmarks)
+        out[rows] = chip_descriptors(chips, network, num_jitters)
     if not found.all():
         missed = np.flatnonzero(~found)
         logger.warning(
@@ -289,6 +353,9 @@ class DlibFaceDescriptor(TransformerMixin, BaseEstimator):
         Jittered copies averaged per face (0: none, deterministic).
     min_face_score : float or None
         Lowest detector score of the face check; None skips it.
+    network : {"keras", "dlib"}
+        The ResNet's implementation: its Keras translation (TensorFlow, batched) or
+        dlib's own. A model saved before this parameter existed used ``"dlib"``.
 
     Raises
     ------
@@ -298,14 +365,20 @@ class DlibFaceDescriptor(TransformerMixin, BaseEstimator):
     """
 
     def __init__(self, inset: float = 0.05, landmarks: int = 68, num_jitters: int = 0,
-                 min_face_score: float | None = -0.6):
+                 min_face_score: float | None = -0.6, network: str = "keras"):
         self.inset = inset
         self.landmarks = landmarks
         self.num_jitters = num_jitters
         self.min_face_score = min_face_score
+        self.network = network
+
+    def __setstate__(self, state):
+        # pickled before ``network`` existed: those descriptors came from dlib's network
+        super().__setstate__({"network": "dlib", **state})
 
     def fit(self, X=None, y=None):
-        """Stateless: nothing is learnt; fails early without dlib."""
+        """Stateless: nothing is learnt; fails early without dlib or with a wrong setting."""
+        _check_network(self.network)
         _import_dlib()
         model_dir()
         return self
@@ -317,7 +390,8 @@ class DlibFaceDescriptor(TransformerMixin, BaseEstimator):
             raise ValueError(f"face descriptors need RGB images (N, H, W, 3), got "
                              f"{images.shape}: extract with color=\"rgb\"")
         return describe_faces(images, inset=self.inset, landmarks=self.landmarks,
-                              num_jitters=self.num_jitters, min_face_score=self.min_face_score)
+                              num_jitters=self.num_jitters, min_face_score=self.min_face_score,
+                              network=self.network)
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

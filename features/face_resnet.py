@@ -326,6 +326,5 @@ def chip_descriptors(chips, batch_size: int = 64) -> np.ndarray:
     out = np.empty((len(chips), DESCRIPTOR_SIZE), dtype=np.float32)
     for start in range(0, len(chips), batch_size):
         batch = chips[start:start + batch_size].astype(np.float32)
-        out[start:start + len(batch)] = keras.ops.convert_to_numpy(
-            network(batch, training=False))
+        out[start:start + len(batch)] = network.predict_on_batch(batch)
     return out
