@@ -7,8 +7,8 @@ Usage::
 On ``--sample`` UTKFace faces decoded at 200x200 RGB, prints CPU and wall time per
 face of each step (face check, landmarks + aligned chip, descriptor network) and of
 the descriptor network called one face at a time against dlib's batched calls (a
-list of chips; a list of images with their landmarks; interleaved, best of
-``--repeat``), then the whole
+list of chips; a list of images with their landmarks) and its Keras translation
+(interleaved, best of ``--repeat``), then the whole
 ``DlibFaceDescriptor.transform``, and how far descriptors of the same faces move
 when they are extracted from 150x150 or 128x128 instead of 200x200. CPU time is the
 figure to compare on a shared machine; wall time includes waiting for a core.
@@ -24,9 +24,9 @@ from datetime import date
 
 import numpy as np
 
-from features.embeddings import (CHIP_PADDING, CHIP_SIZE, DlibFaceDescriptor,
-                                 descriptor_model, face_detector, face_scores,
-                                 landmark_model)
+from features.embeddings import (CHIP_PADDING, CHIP_SIZE, NETWORKS, DlibFaceDescriptor,
+                                 chip_descriptors, descriptor_model, face_detector,
+                                 face_scores, landmark_model)
 from features.io import load_images
 from pipelines.dataset import default_data_dir, index_folder
 
@@ -84,6 +84,7 @@ def main(argv: list[str] | None = None) -> None:
             [list(found[0]) for found in network.compute_face_descriptor(
                 list(faces), [dlib.full_object_detections([s]) for s in shapes], 0,
                 CHIP_PADDING)]),
+        "Keras network, the same chips": lambda: chip_descriptors(np.stack(chips), "keras"),
     }
     # interleaved repeats, best of each: the machine is shared
     best = {name: (np.inf, np.inf) for name in calls}
@@ -94,8 +95,9 @@ def main(argv: list[str] | None = None) -> None:
             best[name] = (min(best[name][0], cpu), min(best[name][1], wall))
     rows += [(name, *best[name]) for name in calls]
     single = results["network, one face a call (image, landmarks)"]
-    described, cpu, wall = _timed(lambda: DlibFaceDescriptor().transform(faces))
-    rows.append(("DlibFaceDescriptor.transform, all steps", cpu, wall))
+    for name in NETWORKS:
+        described, cpu, wall = _timed(lambda: DlibFaceDescriptor(network=name).transform(faces))
+        rows.append((f"DlibFaceDescriptor({name}).transform, all steps", cpu, wall))
     jittered, cpu, wall = _timed(lambda: np.array(
         network.compute_face_descriptor(chips[:5], 10)))
     rows.append(("network, num_jitters=10 (first 5 chips)", cpu * n / 5, wall * n / 5))

@@ -1,7 +1,8 @@
 """Image loading and feature extractors (scikit-learn transformers).
 
-Imports numpy, Pillow, scikit-image, scikit-learn and joblib; dlib only when face
-descriptors are computed (the optional ``[embeddings]`` extra); never tensorflow.
+Imports numpy, Pillow, scikit-image, scikit-learn and joblib; dlib (the optional
+``[embeddings]`` extra) and TensorFlow (the Keras translation of dlib's descriptor
+network, :mod:`features.face_resnet`) only when face descriptors are computed.
 """
 from features.embeddings import DlibFaceDescriptor
 from features.extract import EXTRACTORS, extract_features, file_digests, make_extractor

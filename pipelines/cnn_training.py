@@ -268,9 +268,10 @@ def train_cnn(data_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
         Also train the network to regress dlib's face descriptors of the training faces
         (:func:`teacher_descriptors`, ``models.cnn.with_descriptor_head``); the saved
         network has no such output and predicts without dlib. Needs dlib
-        (``pip install -e ".[embeddings]"``) and about 125 ms of CPU per training and
-        validation face once (cached in ``cache_dir``). By default on for a new network
-        of the default architecture, off for ``seed_baseline`` and fine-tuning.
+        (``pip install -e ".[embeddings]"``); the descriptors of the training and
+        validation faces are computed once and cached in ``cache_dir``. By default on
+        for a new network of the default architecture, off for ``seed_baseline`` and
+        fine-tuning.
     cache_dir : path-like, optional
         Feature cache folder for the teacher's descriptors.
     overwrite : bool

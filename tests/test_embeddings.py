@@ -109,12 +109,12 @@ def test_missing_models_say_how_to_install(dlib, monkeypatch, rgb_faces) -> None
         DlibFaceDescriptor().fit(rgb_faces[:1])
 
 
-def test_registry_does_not_import_dlib() -> None:
-    code = ("import sys; from features.extract import make_extractor; make_extractor('dlib'); "
-            "print('dlib' in sys.modules)")
+def test_registry_imports_neither_dlib_nor_tensorflow() -> None:
+    code = ("import sys; import features; from features.extract import make_extractor; "
+            "make_extractor('dlib'); print('dlib' in sys.modules, 'tensorflow' in sys.modules)")
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
                           text=True, check=True)
-    assert done.stdout.strip() == "False"
+    assert done.stdout.strip() == "False False"
 
 
 def test_cached_extraction(tmp_path, face_paths, rgb_faces, descriptors,
