@@ -254,48 +254,77 @@ def converted_weights(source: str | os.PathLike | None = None,
     return converted
 
 
-def build_network(converted: ConvertedNetwork, name: str = "face_resnet") -> keras.Model:
-    """The Keras model of ``converted``: (N, rows, cols, 3) RGB pixels in 0-255, float
-    -> (N, 128) descriptors; float32 whatever Keras' global dtype policy."""
+def apply_network(converted: ConvertedNetwork, inputs):
+    """Build the layers of ``converted`` on the Keras tensor ``inputs`` (N, rows, cols, 3),
+    RGB pixels in 0-255, with their weights; return the (N, 128) descriptor tensor.
+
+    Layers are named after their op (``con_1``, ``relu_3``, ``add_9``, ...), so a
+    network built on them can be cut at a layer by name. They compute in float32
+    whatever Keras' global dtype policy.
+    """
     layers = keras.layers
     first, *rest = converted.ops
-    inputs = keras.Input((first["rows"], first["cols"], 3), name="chips", dtype="float32")
     x = layers.Normalization(mean=first["mean"], variance=[1 / first["scale"] ** 2] * 3,
                              dtype="float32", name="dlib_input")(inputs)
     tags = []
     for index, op in enumerate(rest, start=1):
         kind = op["op"]
         if kind == "conv":
-            x = layers.Conv2D(op["filters"], op["kernel"], strides=op["strides"],
-                              padding=op["padding"], dtype="float32", name=op["name"])(x)
+            layer = layers.Conv2D(op["filters"], op["kernel"], strides=op["strides"],
+                                  padding=op["padding"], dtype="float32", name=op["name"])
         elif kind == "relu":
-            x = layers.ReLU(dtype="float32", name=f"relu_{index}")(x)
+            layer = layers.ReLU(dtype="float32", name=f"relu_{index}")
         elif kind in ("max_pool", "avg_pool"):
             pool = layers.MaxPooling2D if kind == "max_pool" else layers.AveragePooling2D
-            x = pool(op["pool"], strides=op["strides"], dtype="float32",
-                     name=f"{kind}_{index}")(x)
+            layer = pool(op["pool"], strides=op["strides"], dtype="float32",
+                         name=f"{kind}_{index}")
         elif kind == "global_avg_pool":
-            x = layers.GlobalAveragePooling2D(dtype="float32", name=f"{kind}_{index}")(x)
+            layer = layers.GlobalAveragePooling2D(dtype="float32", name=f"{kind}_{index}")
+        elif kind == "dense":
+            layer = layers.Dense(op["units"], use_bias=op["bias"], dtype="float32",
+                                 name=op["name"])
         elif kind == "tag":
             tags.append(x)
+            continue
         elif kind == "skip":
             # the pair tag + skip: keep the branch's output, go back to the block's input
             branch = tags.pop()
             x, tags[-1] = tags[-1], branch
+            continue
         elif kind == "add":
             x = ZeroPadAdd(dtype="float32", name=f"add_{index}")([x, tags.pop()])
-        elif kind == "dense":
-            x = layers.Dense(op["units"], use_bias=op["bias"], dtype="float32",
-                             name=op["name"])(x)
+            continue
         else:
             raise ValueError(f"unknown op {kind!r}")
-    model = keras.Model(inputs, x, name=name)
-    for layer in model.layers:
+        x = layer(x)
         if f"{layer.name}/kernel" in converted.arrays:
             layer.set_weights([converted.arrays[f"{layer.name}/{part}"]
                                for part in ("kernel", "bias")
                                if f"{layer.name}/{part}" in converted.arrays])
-    return model
+    return x
+
+
+def network_input(converted: ConvertedNetwork, name: str = "chips"):
+    """The Keras input tensor of the network: (N, rows, cols, 3) float32 pixels."""
+    first = converted.ops[0]
+    return keras.Input((first["rows"], first["cols"], 3), name=name, dtype="float32")
+
+
+def build_network(converted: ConvertedNetwork, name: str = "face_resnet") -> keras.Model:
+    """The Keras model of ``converted``: (N, rows, cols, 3) RGB pixels in 0-255, float
+    -> (N, 128) descriptors (see :func:`apply_network`)."""
+    inputs = network_input(converted)
+    return keras.Model(inputs, apply_network(converted, inputs), name=name)
+
+
+def block_outputs(network: keras.Model) -> list[str]:
+    """Names of the layers that end each residual block (the ReLU after each
+    :class:`ZeroPadAdd`), from the input up: cut points for fine-tuning the top."""
+    names = {layer.name for layer in network.layers}
+    adds = sorted(int(layer.name.split("_")[1]) for layer in network.layers
+                  if isinstance(layer, ZeroPadAdd))
+    # an add op at position N of the ops is followed by the block's ReLU at N + 1
+    return [f"relu_{index + 1}" for index in adds if f"relu_{index + 1}" in names]
 
 
 @lru_cache(maxsize=1)

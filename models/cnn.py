@@ -154,7 +154,7 @@ def _seed_baseline_trunk(x):
     return layers.Flatten(name="trunk_flatten")(x)
 
 
-def _output(x, task: str):
+def task_output(x, task: str):
     """The task's output layer, named after the task."""
     from keras import initializers, layers
 
@@ -173,7 +173,7 @@ def _head(x, task: str, units: int, dropout: float):
 
     x = layers.Dense(units, activation="relu", name=f"{task}_dense")(x)
     x = layers.Dropout(dropout, name=f"{task}_dropout")(x)
-    return _output(x, task)
+    return task_output(x, task)
 
 
 @dataclass(frozen=True)
@@ -200,6 +200,10 @@ ARCHITECTURES: dict[str, Architecture] = {
     "default": Architecture(_default_trunk, 128, 0.3, TASKS),
     "seed_baseline": Architecture(_seed_baseline_trunk, 256, 0.3, ("gender", "age")),
 }
+#: Every architecture :func:`build_model` builds: the above, trained from scratch on
+#: pixels, and ``face-resnet``, dlib's pretrained face ResNet on aligned chips
+#: (:mod:`models.face_model`).
+ARCHITECTURE_NAMES: tuple[str, ...] = (*ARCHITECTURES, "face-resnet")
 
 
 def resolve_tasks(architecture: str, tasks: Sequence[str] | None = None) -> tuple[str, ...]:
@@ -222,10 +226,10 @@ def resolve_tasks(architecture: str, tasks: Sequence[str] | None = None) -> tupl
     ValueError
         For an unknown architecture, an empty selection or an unsupported task.
     """
-    if architecture not in ARCHITECTURES:
+    if architecture not in ARCHITECTURE_NAMES:
         raise ValueError(f"unknown architecture {architecture!r}; "
-                         f"expected one of {sorted(ARCHITECTURES)}")
-    supported = ARCHITECTURES[architecture].tasks
+                         f"expected one of {sorted(ARCHITECTURE_NAMES)}")
+    supported = ARCHITECTURES[architecture].tasks if architecture in ARCHITECTURES else TASKS
     if tasks is None:
         return supported
     if isinstance(tasks, str):
@@ -245,11 +249,12 @@ def build_model(architecture: str = "default", input_shape: Sequence[int] = (128
 
     Parameters
     ----------
-    architecture : {"default", "seed_baseline"}
-        Network design, see the module docstring.
+    architecture : {"default", "seed_baseline", "face-resnet"}
+        Network design, see the module docstring and :mod:`models.face_model`.
     input_shape : sequence of int
         ``(height, width, channels)``, channels 1 (grayscale) or 3 (RGB). The network
-        takes raw pixel values in 0..255 and rescales them itself.
+        takes raw pixel values in 0..255 and rescales them itself. ``face-resnet``
+        takes aligned 150x150 RGB chips whatever this says.
     tasks : sequence of str, optional
         Heads to build, a non-empty subset of the architecture's tasks (all by default).
     seed : int, optional
@@ -264,6 +269,9 @@ def build_model(architecture: str = "default", input_shape: Sequence[int] = (128
         ``age`` (N, 1) years.
     """
     tasks = resolve_tasks(architecture, tasks)
+    if architecture not in ARCHITECTURES:
+        from models.face_model import build_face_model
+        return build_face_model(tasks, seed=seed)
     height, width, channels = (int(value) for value in input_shape)
     if channels not in (1, 3):
         raise ValueError(f"input_shape must have 1 or 3 channels, got {input_shape}")
@@ -559,7 +567,8 @@ def encode_targets(labels: Mapping[str, np.ndarray],
 
 
 def make_dataset(images: np.ndarray, labels: Mapping[str, np.ndarray], tasks: Sequence[str], *,
-                 batch_size: int, training: bool, seed: int | None = None) -> tf.data.Dataset:
+                 batch_size: int, training: bool, seed: int | None = None,
+                 augment: bool = True) -> tf.data.Dataset:
     """A ``tf.data`` pipeline of (float32 image batch, dict of task targets).
 
     Parameters
@@ -573,9 +582,12 @@ def make_dataset(images: np.ndarray, labels: Mapping[str, np.ndarray], tasks: Se
     batch_size : int
         Faces per batch.
     training : bool
-        Shuffle every epoch and augment (:func:`augment_batch`) each batch.
+        Shuffle every epoch and, with ``augment``, augment (:func:`augment_batch`) each
+        batch.
     seed : int, optional
         Seed of the shuffle and the augmentation.
+    augment : bool
+        False for inputs that are not images (cached activations): shuffled only.
 
     Returns
     -------
@@ -587,7 +599,7 @@ def make_dataset(images: np.ndarray, labels: Mapping[str, np.ndarray], tasks: Se
     if training:
         dataset = dataset.shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
     generator = None
-    if training:
+    if training and augment:
         generator = (tf.random.Generator.from_non_deterministic_state() if seed is None
                      else tf.random.Generator.from_seed(seed))
 
@@ -606,7 +618,8 @@ def fit_network(network: keras.Model, train: tuple[np.ndarray, Mapping[str, np.n
                 batch_size: int, checkpoint_path: str | os.PathLike,
                 learning_rate: float = DEFAULT_LEARNING_RATE,
                 weight_decay: float = DEFAULT_WEIGHT_DECAY, patience: int = DEFAULT_PATIENCE,
-                freeze_trunk_epochs: int = 0,
+                freeze_trunk_epochs: int = 0, head_learning_rate: float | None = None,
+                augment: bool = True,
                 descriptors: tuple[np.ndarray, np.ndarray] | None = None,
                 descriptor_weight: float = DEFAULT_DESCRIPTOR_WEIGHT,
                 seed: int | None = None, verbose: int = 2) -> dict[str, list[float]]:
@@ -644,6 +657,11 @@ def fit_network(network: keras.Model, train: tuple[np.ndarray, Mapping[str, np.n
         Epochs without improvement of the validation loss before a phase stops.
     freeze_trunk_epochs : int
         Epochs, at the start, that train the heads only.
+    head_learning_rate : float, optional
+        Peak learning rate of those epochs; ``learning_rate`` by default.
+    augment : bool
+        Distort the training images (:func:`augment_batch`); False for inputs that are
+        not images, such as cached activations.
     descriptors : tuple of ndarray, optional
         Standardised teacher descriptors (N, D) float32 of the ``train`` and ``val``
         faces, aligned with their images; no NaN.
@@ -679,7 +697,8 @@ def fit_network(network: keras.Model, train: tuple[np.ndarray, Mapping[str, np.n
             trained = with_descriptor_head(network, descriptors[0].shape[1])
         monitor = "val_task_loss"
         callbacks.append(_task_loss_callback(descriptor_weight))
-    train_data = make_dataset(*train, tasks, batch_size=batch_size, training=True, seed=seed)
+    train_data = make_dataset(*train, tasks, batch_size=batch_size, training=True, seed=seed,
+                              augment=augment)
     val_data = make_dataset(*val, tasks, batch_size=batch_size, training=False)
     steps_per_epoch = -(-len(train[0]) // batch_size)
     checkpoint = keras.callbacks.ModelCheckpoint(
@@ -692,8 +711,9 @@ def fit_network(network: keras.Model, train: tuple[np.ndarray, Mapping[str, np.n
         if phase_epochs == 0:
             continue
         set_trunk_trainable(trained, not frozen)
+        peak = head_learning_rate or learning_rate if frozen else learning_rate
         with network.distribute_strategy.scope():   # the strategy the network was built in
-            compile_network(trained, learning_rate=learning_rate, weight_decay=weight_decay,
+            compile_network(trained, learning_rate=peak, weight_decay=weight_decay,
                             total_steps=phase_epochs * steps_per_epoch,
                             warmup_steps=steps_per_epoch, descriptor_weight=descriptor_weight)
         # Early stopping watches the second half of the phase only: at a high learning
@@ -765,13 +785,20 @@ def _network_to_bytes(network: keras.Model) -> bytes:
         return path.read_bytes()
 
 
-def _network_from_bytes(data: bytes) -> keras.Model:
+def _load_network(path: Path) -> keras.Model:
+    """A saved ``.keras`` network, by Keras' safe loader."""
     import keras
 
+    import features.face_resnet  # noqa: F401  (registers the face ResNet's layer)
+
+    return keras.saving.load_model(path, compile=False)
+
+
+def _network_from_bytes(data: bytes) -> keras.Model:
     with tempfile.TemporaryDirectory(prefix="utkface-cnn-") as scratch:
         path = Path(scratch) / "network.keras"
         path.write_bytes(data)
-        return keras.saving.load_model(path, compile=False)
+        return _load_network(path)
 
 
 #: Shift and zoom of :func:`jittered_views`, as a fraction of the image size (4 pixels
@@ -830,6 +857,10 @@ class CNNPredictor:
     against 0.916 / 0.842 / 6.07 with the face and its mirror image only, and 0.911 /
     0.836 / 6.21 with the face alone.
 
+    A ``face-resnet`` network (:mod:`models.face_model`) takes aligned chips: faces are
+    read at 200x200 RGB and aligned by dlib (:func:`features.embeddings.face_chips`,
+    which needs the ``[embeddings]`` extra) before the views are made.
+
     Pickling (``joblib.dump``) stores the network as ``.keras`` bytes; unpickling does
     not import TensorFlow, which happens on the first prediction.
 
@@ -839,34 +870,43 @@ class CNNPredictor:
         A network from :func:`build_model` (trained).
     mirror : bool
         Also judge the mirror image of every view (twice the work).
-    jitter : bool
-        Also judge five shifted and zoomed views (six times the work).
+    jitter : bool, optional
+        Also judge five shifted and zoomed views (six times the work); by default on,
+        except for a ``face-resnet`` network, which trains on aligned chips and their
+        mirror images only.
 
     Attributes
     ----------
     tasks : tuple of str
         Tasks the network predicts.
     size : tuple of int
-        Input (height, width).
+        (height, width) faces are read at: the network's input, or 200x200 before the
+        alignment of an ``aligned`` one.
     color : {"gray", "rgb"}
         Input colour mode.
+    aligned : bool
+        Faces are aligned to chips before the network (``face-resnet``).
     mirror, jitter : bool
         Which views are averaged (see above).
     """
 
-    def __init__(self, network: keras.Model, mirror: bool = True, jitter: bool = True) -> None:
+    def __init__(self, network: keras.Model, mirror: bool = True,
+                 jitter: bool | None = None) -> None:
+        from models.face_model import LOAD_SIZE, is_face_model
+
         height, width, channels = network.input_shape[1:]
+        self.aligned = is_face_model(network)
         self.mirror = mirror
-        self.jitter = jitter
+        self.jitter = not self.aligned if jitter is None else jitter
         self.tasks = network_tasks(network)
-        self.size = (int(height), int(width))
+        self.size = LOAD_SIZE if self.aligned else (int(height), int(width))
         self.color = "gray" if channels == 1 else "rgb"
         self._network = network
         self._keras_bytes: bytes | None = None
 
     def __repr__(self) -> str:
         return (f"CNNPredictor(tasks={self.tasks}, size={self.size}, color={self.color!r}, "
-                f"mirror={self.mirror}, jitter={self.jitter})")
+                f"aligned={self.aligned}, mirror={self.mirror}, jitter={self.jitter})")
 
     @property
     def network(self) -> keras.Model:
@@ -879,12 +919,14 @@ class CNNPredictor:
     def __getstate__(self) -> dict[str, Any]:
         data = self._keras_bytes if self._network is None else _network_to_bytes(self._network)
         return {"tasks": self.tasks, "size": self.size, "color": self.color,
-                "mirror": self.mirror, "jitter": self.jitter, "keras_bytes": data}
+                "aligned": self.aligned, "mirror": self.mirror, "jitter": self.jitter,
+                "keras_bytes": data}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.tasks = tuple(state["tasks"])
         self.size = tuple(state["size"])
         self.color = state["color"]
+        self.aligned = state.get("aligned", False)
         # predictors pickled before these views existed judge the views they had
         self.mirror = state.get("mirror", False)
         self.jitter = state.get("jitter", False)
@@ -901,6 +943,9 @@ class CNNPredictor:
     def _outputs(self, X, batch_size: int) -> dict[str, np.ndarray]:
         # Eager calls per batch: no graph to trace, unlike ``Model.predict``.
         images = ImageLoader(self.size, self.color).transform(X)
+        if self.aligned:
+            from features.embeddings import face_chips
+            images = face_chips(images)
         views = jittered_views(images) if self.jitter else [images]
         if self.mirror:
             views += [view[:, :, ::-1] for view in views]
@@ -1031,9 +1076,7 @@ def load_model(path: str | os.PathLike) -> CNNPredictor:
     if not path.is_file():
         raise FileNotFoundError(f"no saved CNN at {path}")
     if path.suffix == ".keras":
-        import keras
-
-        return CNNPredictor(keras.saving.load_model(path, compile=False))
+        return CNNPredictor(_load_network(path))
     import joblib
 
     predictor = joblib.load(path)

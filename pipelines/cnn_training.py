@@ -24,12 +24,14 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from features.embeddings import N_FEATURES, DlibFaceDescriptor
+from features.embeddings import N_FEATURES, DlibFaceDescriptor, face_chips
 from features.extract import extract_features
 from features.io import DEFAULT_SIZE, load_images
 from models.cnn import (CNNPredictor, DEFAULT_DESCRIPTOR_WEIGHT, DEFAULT_LEARNING_RATE,
                         OUTPUT_LAYERS, build_model, distribution_strategy, fit_network,
                         load_model, resolve_tasks, select_tasks)
+from models.face_model import ARCHITECTURE as FACE_ARCHITECTURE
+from models.face_model import top_training_data
 from models.precision import check_precision, set_precision
 from pipelines.dataset import DatasetIndex, index_folder
 from pipelines.metrics import evaluate_task, headline
@@ -45,6 +47,12 @@ DEFAULT_BATCH_SIZE = 64
 DEFAULT_COLOR = "gray"
 #: Peak learning rate when fine-tuning a saved network.
 FINE_TUNE_LEARNING_RATE = 3e-4
+#: Defaults of ``face-resnet`` (models.face_model): epochs, of which the first train the
+#: heads only, at the heads' peak learning rate; then the top blocks at the lower one.
+FACE_EPOCHS = 10
+FACE_FREEZE_EPOCHS = 2
+FACE_HEAD_LEARNING_RATE = 3e-3
+FACE_LEARNING_RATE = 1e-4
 MODEL_FILE = "model.keras"
 CHECKPOINT_FILE = "best.weights.h5"
 CURVES_FILE = "training_curves.png"
@@ -210,10 +218,10 @@ def train_cnn(data_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
               architecture: str = "default", tasks: Sequence[str] | None = None,
               manifest_path: str | os.PathLike | None = None,
               size: tuple[int, int] | None = None, color: str | None = None,
-              epochs: int = DEFAULT_EPOCHS, batch_size: int = DEFAULT_BATCH_SIZE,
+              epochs: int | None = None, batch_size: int = DEFAULT_BATCH_SIZE,
               learning_rate: float | None = None, precision: str = "float32", seed: int = 0,
               n_jobs: int = -1, init_from: str | os.PathLike | None = None,
-              freeze_trunk_epochs: int = 0, distill: bool | None = None,
+              freeze_trunk_epochs: int | None = None, distill: bool | None = None,
               cache_dir: str | os.PathLike | None = None, overwrite: bool = False,
               max_train: int | None = None, progress: bool = True) -> dict[str, Any]:
     """Train a CNN (or fine-tune a saved one) on a labelled folder, then score it.
@@ -230,8 +238,11 @@ def train_cnn(data_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
         Folder of UTKFace-named images.
     out_dir : path-like
         Results folder; it must be empty or absent unless ``overwrite``.
-    architecture : {"default", "seed_baseline"}
-        Network design for a new network (ignored with ``init_from``).
+    architecture : {"default", "seed_baseline", "face-resnet"}
+        Network design for a new network (ignored with ``init_from``). ``face-resnet``
+        fine-tunes dlib's pretrained face ResNet (:mod:`models.face_model`) on aligned
+        chips: the frozen part of its trunk runs once per training face and mirror image,
+        and the epochs train its top blocks and the heads on those activations.
     tasks : sequence of str, optional
         Heads to train; by default every head of the architecture (or of the saved
         network). With ``init_from`` a subset drops the other heads.
@@ -242,15 +253,17 @@ def train_cnn(data_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
         Input (height, width); 128x128 for a new network, the saved one's otherwise.
     color : {"gray", "rgb"}, optional
         Input colour; grayscale for a new network, the saved one's otherwise.
-    epochs : int
-        Maximum epochs (early stopping may end sooner). The default network with its
+    epochs : int, optional
+        Maximum epochs (early stopping may end sooner); 45 (``FACE_EPOCHS`` for a
+        ``face-resnet`` network). The default network with its
         default distillation took 21 min 34 s on a 2-core CPU with AVX-512 (2026-12-05,
         37 epochs run, 455 training faces/s), plus 706 s for the teacher's descriptors
         the first time.
     batch_size : int
         Faces per step.
     learning_rate : float, optional
-        Peak learning rate; 1e-3 for a new network, 3e-4 when fine-tuning.
+        Peak learning rate; 1e-3 for a new network, 3e-4 when fine-tuning, 1e-4 for a
+        ``face-resnet`` network (whose heads-only epochs peak at 3e-3).
     precision : {"float32", "mixed_bfloat16"}
         Arithmetic of the training (see :mod:`models.precision`: bfloat16 with float32
         weights is faster on GPUs and CPUs with bfloat16 instructions). The network is
@@ -262,8 +275,10 @@ def train_cnn(data_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
     init_from : path-like, optional
         A saved CNN (``.keras`` or pickled predictor) to fine-tune on ``data_dir``;
         it is scored on the test split before and after training.
-    freeze_trunk_epochs : int
-        With ``init_from``, epochs at the start that train the heads only.
+    freeze_trunk_epochs : int, optional
+        Epochs at the start that train the heads only, for a pretrained trunk
+        (``init_from`` or ``face-resnet``); by default 0, ``FACE_FREEZE_EPOCHS`` for a
+        ``face-resnet`` network.
     distill : bool, optional
         Also train the network to regress dlib's face descriptors of the training faces
         (:func:`teacher_descriptors`, ``models.cnn.with_descriptor_head``); the saved
@@ -307,8 +322,10 @@ def train_cnn(data_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
     ImportError
         When distilling without dlib or its models.
     """
-    if freeze_trunk_epochs and init_from is None:
-        raise ValueError("freeze_trunk_epochs needs init_from: a new trunk cannot be frozen")
+    face = init_from is None and architecture == FACE_ARCHITECTURE
+    if freeze_trunk_epochs and init_from is None and not face:
+        raise ValueError("freeze_trunk_epochs needs init_from or the pretrained face-resnet: "
+                         "a new trunk cannot be frozen")
     if distill is None:
         distill = init_from is None and architecture == "default"
     if distill:
@@ -320,6 +337,14 @@ def train_cnn(data_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
         network = set_precision(initial, precision, OUTPUT_LAYERS)
     out = prepare_output_dir(out_dir, overwrite)
     predictor = CNNPredictor(initial)
+    face = face or predictor.aligned
+    if epochs is None:
+        epochs = FACE_EPOCHS if face else DEFAULT_EPOCHS
+    if freeze_trunk_epochs is None:
+        freeze_trunk_epochs = FACE_FREEZE_EPOCHS if face and init_from is None else 0
+    if learning_rate is None:
+        learning_rate = (FACE_LEARNING_RATE if face else DEFAULT_LEARNING_RATE
+                         if init_from is None else FINE_TUNE_LEARNING_RATE)
     index = index_folder(data_dir)
     split = load_or_create_split(index, manifest_path or out / SPLIT_FILE)
     parts = split.apply(index)
@@ -349,14 +374,21 @@ def train_cnn(data_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
                               "faces_without_descriptor": missing,
                               "seconds": round(time.perf_counter() - started, 1)}
     started = time.perf_counter()
+    trained = network
+    train = (faces["train"].images, faces["train"].labels(predictor.tasks))
+    val = (faces["val"].images, faces["val"].labels(predictor.tasks))
+    if predictor.aligned:
+        trained, train, val = top_training_data(
+            network, (face_chips(train[0]), train[1]), (face_chips(val[0]), val[1]))
+        summary["activations_seconds"] = round(time.perf_counter() - started, 1)
+        logger.info("aligned the faces and cached the frozen trunk's activations in %.0f s",
+                    summary["activations_seconds"])
     history = fit_network(
-        network, (faces["train"].images, faces["train"].labels(predictor.tasks)),
-        (faces["val"].images, faces["val"].labels(predictor.tasks)),
-        epochs=epochs, batch_size=batch_size, checkpoint_path=out / CHECKPOINT_FILE,
-        learning_rate=learning_rate or (DEFAULT_LEARNING_RATE if init_from is None
-                                        else FINE_TUNE_LEARNING_RATE),
-        freeze_trunk_epochs=freeze_trunk_epochs, descriptors=descriptors, seed=seed,
-        verbose=2 if progress else 0)
+        trained, train, val, epochs=epochs, batch_size=batch_size,
+        checkpoint_path=out / CHECKPOINT_FILE, learning_rate=learning_rate,
+        head_learning_rate=FACE_HEAD_LEARNING_RATE if face else None,
+        freeze_trunk_epochs=freeze_trunk_epochs, augment=not predictor.aligned,
+        descriptors=descriptors, seed=seed, verbose=2 if progress else 0)
     seconds = time.perf_counter() - started
     (out / CHECKPOINT_FILE).unlink()
     predictor = CNNPredictor(set_precision(network, "float32"))

@@ -18,11 +18,12 @@ from typing import Sequence
 
 from features import EXTRACTORS
 from features.io import COLOR_MODES
-from models.cnn import ARCHITECTURES
+from models.cnn import ARCHITECTURE_NAMES
 from models.factory import MODELS
 from models.precision import PRECISIONS
 from pipelines.classical import DEFAULT_FEATURES, FeatureSpec, TrainConfig, run_classical
-from pipelines.cnn_training import DEFAULT_BATCH_SIZE, DEFAULT_EPOCHS, train_cnn
+from pipelines.cnn_training import (DEFAULT_BATCH_SIZE, DEFAULT_EPOCHS, FACE_EPOCHS,
+                                    FACE_FREEZE_EPOCHS, train_cnn)
 from pipelines.cluster import SCHEDULER_ENV, SVM_CLUSTER_LIMIT, ClusterError, scheduler_address
 from pipelines.dataset import default_data_dir
 from pipelines.labels import TASKS
@@ -138,12 +139,14 @@ def build_parser() -> argparse.ArgumentParser:
                         help="no progress bars, warnings only")
     cnn = parser.add_argument_group("CNN (--model cnn; --features, --param, --search, --flip "
                                     "do not apply)")
-    cnn.add_argument("--architecture", choices=ARCHITECTURES, default="default",
+    cnn.add_argument("--architecture", choices=ARCHITECTURE_NAMES, default="default",
                      help="default: our multi-task CNN; seed_baseline: the reference notebook "
-                          "network, gender and age only (default: %(default)s)")
-    cnn.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS,
-                     help="most epochs (early stopping on the validation split; "
-                          "default: %(default)s)")
+                          "network, gender and age only; face-resnet: dlib's pretrained face "
+                          "ResNet fine-tuned on faces aligned by dlib (needs the embeddings "
+                          "extra) (default: %(default)s)")
+    cnn.add_argument("--epochs", type=int, default=None,
+                     help=f"most epochs (early stopping on the validation split; default: "
+                          f"{DEFAULT_EPOCHS}, {FACE_EPOCHS} for face-resnet)")
     cnn.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE,
                      help="default: %(default)s")
     cnn.add_argument("--color", choices=COLOR_MODES, default=None,
@@ -156,8 +159,10 @@ def build_parser() -> argparse.ArgumentParser:
     cnn.add_argument("--init-from", type=Path, default=None, metavar="SAVED_MODEL",
                      help="fine-tune a saved CNN (model.keras) on --data instead of starting "
                           "from scratch; reports test metrics before and after")
-    cnn.add_argument("--freeze-trunk-epochs", type=int, default=0,
-                     help="when fine-tuning, train only the heads for this many epochs first")
+    cnn.add_argument("--freeze-trunk-epochs", type=int, default=None,
+                     help="with a pretrained trunk (--init-from, face-resnet), train only the "
+                          f"heads for this many epochs first (default: 0, "
+                          f"{FACE_FREEZE_EPOCHS} for a new face-resnet)")
     cnn.add_argument("--distill", action=argparse.BooleanOptionalAction, default=None,
                      help="also train the network to regress dlib's face descriptors of the "
                           "training faces (needs the embeddings extra; computed once, cached "

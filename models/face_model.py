@@ -1,0 +1,132 @@
+"""The ``face-resnet`` architecture: dlib's pretrained face ResNet with the three task heads.
+
+The trunk is the Keras translation of dlib's face-recognition ResNet
+(:mod:`features.face_resnet`, trained by dlib on about three million faces) up to its
+128-d descriptor; a LayerNormalization and a dropout lead to the task outputs of
+:mod:`models.cnn` (gender sigmoid, ethnicity softmax, age in years). The network takes
+aligned 150x150 RGB chips, pixels in 0-255, as dlib's alignment makes them
+(:func:`features.embeddings.face_chips`: 68 landmarks, ``get_face_chip``); the
+predictor (``models.cnn.CNNPredictor``) aligns the faces it is given first.
+
+Fine-tuning on two CPU cores: only the last ``tuned_blocks`` residual blocks, the
+descriptor layer and the heads are trained; the frozen part of the trunk runs once per
+face (and once per mirror image) to cache its activations (:func:`top_training_data`),
+so an epoch runs the trained part only.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    import keras
+
+#: Name of the architecture, and of its Keras models (how a saved one is recognised).
+ARCHITECTURE = "face-resnet"
+#: Residual blocks at the top of the trunk trained by default: dlib's two last stages
+#: (three blocks at 4x4 and one at 2x2, 256 channels), fed by 8x8x128 activations.
+DEFAULT_TUNED_BLOCKS = 4
+#: Size faces are read at before they are aligned (UTKFace's own).
+LOAD_SIZE = (200, 200)
+FEATURE_DROPOUT = 0.2
+_BATCH = 128
+
+
+def build_face_model(tasks: Sequence[str], *, seed: int | None = None) -> keras.Model:
+    """The untrained-heads network: chips (N, 150, 150, 3) float in 0-255 -> task outputs.
+
+    Parameters
+    ----------
+    tasks : sequence of str
+        Heads to build, in ``models.cnn.TASKS`` order.
+    seed : int, optional
+        Seeds the heads' initialisation (``keras.utils.set_random_seed``).
+    """
+    import keras
+    from keras import layers
+
+    from features import face_resnet
+    from models.cnn import task_output
+
+    if seed is not None:
+        keras.utils.set_random_seed(seed)
+    converted = face_resnet.converted_weights()
+    inputs = face_resnet.network_input(converted, name="image")
+    features = face_resnet.apply_network(converted, inputs)
+    features = layers.LayerNormalization(name="face_norm")(features)
+    features = layers.Dropout(FEATURE_DROPOUT, name="face_dropout")(features)
+    outputs = {task: task_output(features, task) for task in tasks}
+    return keras.Model(inputs, outputs, name=ARCHITECTURE)
+
+
+def is_face_model(network: keras.Model) -> bool:
+    """Whether ``network`` is of this architecture (takes aligned chips)."""
+    return network.name == ARCHITECTURE
+
+
+def split_top(network: keras.Model, tuned_blocks: int = DEFAULT_TUNED_BLOCKS
+              ) -> tuple[keras.Model, keras.Model]:
+    """The frozen part and the trained part of a face network, sharing its layers.
+
+    Returns
+    -------
+    (trunk, top) : keras.Model
+        ``trunk`` maps chips to the activations after the last frozen residual block,
+        ``top`` maps those to the task outputs; training ``top`` trains ``network``.
+
+    Raises
+    ------
+    ValueError
+        If ``tuned_blocks`` is not between 1 and the number of residual blocks.
+    """
+    import keras
+
+    from features.face_resnet import block_outputs
+
+    ends = block_outputs(network)
+    if not 1 <= tuned_blocks < len(ends):
+        raise ValueError(f"tuned_blocks must be between 1 and {len(ends) - 1}, "
+                         f"got {tuned_blocks}")
+    cut = network.get_layer(ends[-tuned_blocks - 1]).output
+    return (keras.Model(network.input, cut, name=f"{ARCHITECTURE}-trunk"),
+            keras.Model(cut, network.output, name=f"{ARCHITECTURE}-top"))
+
+
+def _activations(trunk: keras.Model, chips: np.ndarray) -> np.ndarray:
+    return np.concatenate([trunk.predict_on_batch(chips[start:start + _BATCH].astype(np.float32))
+                           for start in range(0, len(chips), _BATCH)])
+
+
+def top_training_data(network: keras.Model,
+                      train: tuple[np.ndarray, Mapping[str, np.ndarray]],
+                      val: tuple[np.ndarray, Mapping[str, np.ndarray]],
+                      tuned_blocks: int = DEFAULT_TUNED_BLOCKS):
+    """The trained part of ``network`` and its inputs: frozen-trunk activations.
+
+    Parameters
+    ----------
+    network : keras.Model
+        A face network (:func:`build_face_model`, or a saved one).
+    train, val : tuple of (ndarray, mapping)
+        Aligned chips (N, 150, 150, 3) uint8 and label codes per task.
+    tuned_blocks : int
+        Residual blocks trained (see :func:`split_top`).
+
+    Returns
+    -------
+    top : keras.Model
+        Activations -> task outputs, sharing ``network``'s layers.
+    train, val : tuple of (ndarray, dict)
+        Activations (float16, to halve their memory) and labels; the training part
+        holds each face and its mirror image, the mirror being the augmentation that
+        the cache keeps.
+    """
+    trunk, top = split_top(network, tuned_blocks)
+    chips, labels = train
+    train_rows = np.concatenate([_activations(trunk, chips),
+                                 _activations(trunk, chips[:, :, ::-1])]).astype(np.float16)
+    train_labels = {task: np.concatenate([values, values]) for task, values in labels.items()}
+    val_rows = _activations(trunk, val[0]).astype(np.float16)
+    return top, (train_rows, train_labels), (val_rows, dict(val[1]))
