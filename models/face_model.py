@@ -94,15 +94,37 @@ def split_top(network: keras.Model, tuned_blocks: int = DEFAULT_TUNED_BLOCKS
             keras.Model(cut, network.output, name=f"{ARCHITECTURE}-top"))
 
 
-def _activations(trunk: keras.Model, chips: np.ndarray) -> np.ndarray:
-    return np.concatenate([trunk.predict_on_batch(chips[start:start + _BATCH].astype(np.float32))
-                           for start in range(0, len(chips), _BATCH)])
+def _batches(count: int, progress: bool, description: str):
+    from tqdm.auto import tqdm
+
+    return tqdm(range(0, count, _BATCH), desc=description, unit="batch", disable=not progress)
+
+
+def aligned_chips(images: np.ndarray, progress: bool = False) -> np.ndarray:
+    """:func:`features.embeddings.face_chips` of (N, H, W, 3) uint8 faces, in batches."""
+    from features.embeddings import CHIP_SIZE, face_chips
+
+    chips = np.empty((len(images), CHIP_SIZE, CHIP_SIZE, 3), dtype=np.uint8)
+    for start in _batches(len(images), progress, "aligning faces"):
+        chips[start:start + _BATCH] = face_chips(images[start:start + _BATCH])
+    return chips
+
+
+def _activations(trunk: keras.Model, chips: np.ndarray, progress: bool) -> np.ndarray:
+    """The trunk's outputs, float16 (half the memory of the cache)."""
+    rows = None
+    for start in _batches(len(chips), progress, "frozen trunk"):
+        batch = trunk.predict_on_batch(chips[start:start + _BATCH].astype(np.float32))
+        if rows is None:
+            rows = np.empty((len(chips), *batch.shape[1:]), dtype=np.float16)
+        rows[start:start + len(batch)] = batch
+    return rows
 
 
 def top_training_data(network: keras.Model,
                       train: tuple[np.ndarray, Mapping[str, np.ndarray]],
                       val: tuple[np.ndarray, Mapping[str, np.ndarray]],
-                      tuned_blocks: int = DEFAULT_TUNED_BLOCKS):
+                      tuned_blocks: int = DEFAULT_TUNED_BLOCKS, progress: bool = False):
     """The trained part of ``network`` and its inputs: frozen-trunk activations.
 
     Parameters
@@ -113,6 +135,8 @@ def top_training_data(network: keras.Model,
         Aligned chips (N, 150, 150, 3) uint8 and label codes per task.
     tuned_blocks : int
         Residual blocks trained (see :func:`split_top`).
+    progress : bool
+        Show progress bars.
 
     Returns
     -------
@@ -125,8 +149,8 @@ def top_training_data(network: keras.Model,
     """
     trunk, top = split_top(network, tuned_blocks)
     chips, labels = train
-    train_rows = np.concatenate([_activations(trunk, chips),
-                                 _activations(trunk, chips[:, :, ::-1])]).astype(np.float16)
+    train_rows = np.concatenate([_activations(trunk, chips, progress),
+                                 _activations(trunk, chips[:, :, ::-1], progress)])
     train_labels = {task: np.concatenate([values, values]) for task, values in labels.items()}
-    val_rows = _activations(trunk, val[0]).astype(np.float16)
+    val_rows = _activations(trunk, val[0], progress)
     return top, (train_rows, train_labels), (val_rows, dict(val[1]))

@@ -24,14 +24,14 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from features.embeddings import N_FEATURES, DlibFaceDescriptor, face_chips
+from features.embeddings import N_FEATURES, DlibFaceDescriptor
 from features.extract import extract_features
 from features.io import DEFAULT_SIZE, load_images
 from models.cnn import (CNNPredictor, DEFAULT_DESCRIPTOR_WEIGHT, DEFAULT_LEARNING_RATE,
                         OUTPUT_LAYERS, build_model, distribution_strategy, fit_network,
                         load_model, resolve_tasks, select_tasks)
 from models.face_model import ARCHITECTURE as FACE_ARCHITECTURE
-from models.face_model import top_training_data
+from models.face_model import aligned_chips, top_training_data
 from models.precision import check_precision, set_precision
 from pipelines.dataset import DatasetIndex, index_folder
 from pipelines.metrics import evaluate_task, headline
@@ -379,7 +379,8 @@ def train_cnn(data_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
     val = (faces["val"].images, faces["val"].labels(predictor.tasks))
     if predictor.aligned:
         trained, train, val = top_training_data(
-            network, (face_chips(train[0]), train[1]), (face_chips(val[0]), val[1]))
+            network, (aligned_chips(train[0], progress), train[1]),
+            (aligned_chips(val[0], progress), val[1]), progress=progress)
         summary["activations_seconds"] = round(time.perf_counter() - started, 1)
         logger.info("aligned the faces and cached the frozen trunk's activations in %.0f s",
                     summary["activations_seconds"])
