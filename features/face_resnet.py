@@ -34,14 +34,13 @@ import keras
 import numpy as np
 
 from features.dlib_dnn import DlibFormatError, DlibNetwork, read_network
+from features.embeddings import CHIP_SIZE, N_FEATURES, RECOGNITION_MODEL, model_dir
 
 logger = logging.getLogger(__name__)
 
 CACHE_ENV = "UTKFACE_WEIGHTS_DIR"
 # bump when the conversion changes: older caches are then rebuilt
 CONVERSION_FORMAT = 1
-CHIP_SIZE = 150
-DESCRIPTOR_SIZE = 128
 _CONV_MODE = 0
 
 
@@ -88,7 +87,6 @@ class ConvertedNetwork:
 
 def recognition_model_path() -> Path:
     """``dlib_face_recognition_resnet_model_v1.dat`` of the face-recognition-models package."""
-    from features.embeddings import RECOGNITION_MODEL, model_dir
     return model_dir() / RECOGNITION_MODEL
 
 
@@ -352,7 +350,7 @@ def chip_descriptors(chips, batch_size: int = 64) -> np.ndarray:
         raise ValueError(f"expected face chips shaped (N, {CHIP_SIZE}, {CHIP_SIZE}, 3), "
                          f"got {chips.shape}")
     network = face_resnet()
-    out = np.empty((len(chips), DESCRIPTOR_SIZE), dtype=np.float32)
+    out = np.empty((len(chips), N_FEATURES), dtype=np.float32)
     for start in range(0, len(chips), batch_size):
         batch = chips[start:start + batch_size].astype(np.float32)
         out[start:start + len(batch)] = network.predict_on_batch(batch)
