@@ -87,6 +87,8 @@ from typing import TYPE_CHECKING, Any, Iterator
 import numpy as np
 
 from features.loader import ImageLoader
+from models.face_model import ARCHITECTURE as FACE_ARCHITECTURE
+from models.face_model import LOAD_SIZE, is_face_model
 
 if TYPE_CHECKING:
     import keras
@@ -210,7 +212,7 @@ ARCHITECTURES: dict[str, Architecture] = {
 #: Every architecture :func:`build_model` builds: the above, trained from scratch on
 #: pixels, and ``face-resnet``, dlib's pretrained face ResNet on aligned chips
 #: (:mod:`models.face_model`).
-ARCHITECTURE_NAMES: tuple[str, ...] = (*ARCHITECTURES, "face-resnet")
+ARCHITECTURE_NAMES: tuple[str, ...] = (*ARCHITECTURES, FACE_ARCHITECTURE)
 
 
 def resolve_tasks(architecture: str, tasks: Sequence[str] | None = None) -> tuple[str, ...]:
@@ -748,7 +750,7 @@ def fit_network(network: keras.Model, train: tuple[np.ndarray, Mapping[str, np.n
         if phase_epochs == 0:
             continue
         set_trunk_trainable(trained, not frozen)
-        peak = head_learning_rate or learning_rate if frozen else learning_rate
+        peak = (head_learning_rate or learning_rate) if frozen else learning_rate
         with network.distribute_strategy.scope():   # the strategy the network was built in
             compile_network(trained, learning_rate=peak, weight_decay=weight_decay,
                             total_steps=phase_epochs * steps_per_epoch,
@@ -929,8 +931,6 @@ class CNNPredictor:
 
     def __init__(self, network: keras.Model, mirror: bool = True,
                  jitter: bool | None = None) -> None:
-        from models.face_model import LOAD_SIZE, is_face_model
-
         height, width, channels = network.input_shape[1:]
         self.aligned = is_face_model(network)
         self.mirror = mirror
