@@ -326,6 +326,9 @@ def train_cnn(data_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
     if freeze_trunk_epochs and init_from is None and not face:
         raise ValueError("freeze_trunk_epochs needs init_from or the pretrained face-resnet: "
                          "a new trunk cannot be frozen")
+    if face and distill:
+        raise ValueError("face-resnet is dlib's descriptor network itself: there is nothing "
+                         "to distil into it (use --no-distill)")
     if distill is None:
         distill = init_from is None and architecture == "default"
     if distill:

@@ -117,6 +117,12 @@ def test_predictor_aligns_faces_and_round_trips(network, faces, chips, tmp_path)
         np.testing.assert_array_equal(values, expected[task])
 
 
+def test_distilling_into_the_face_resnet_is_refused(tmp_path) -> None:
+    with pytest.raises(ValueError, match="nothing to distil"):
+        train_cnn(tmp_path, tmp_path / "out", architecture=ARCHITECTURE, distill=True)
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.slow
 def test_train_cnn_fine_tunes_the_face_resnet(tmp_path) -> None:
     source = default_data_dir()
@@ -133,3 +139,7 @@ def test_train_cnn_fine_tunes_the_face_resnet(tmp_path) -> None:
     assert summary["activations_seconds"] > 0
     assert set(summary["test"]) == set(TASKS)
     assert load_model(tmp_path / "out" / MODEL_FILE).aligned
+    tuned = train_cnn(folder, tmp_path / "tuned", init_from=tmp_path / "out" / MODEL_FILE,
+                      epochs=1, batch_size=16, n_jobs=1, progress=False)
+    assert tuned["architecture"] == ARCHITECTURE and tuned["history"]["trunk_frozen"] == [0.0]
+    assert tuned["test_before"] == summary["test"]
