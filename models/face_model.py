@@ -7,10 +7,10 @@ The trunk is the Keras translation of dlib's face-recognition ResNet
 0..116 years (``age_distribution``) whose expectation is the ``age`` output, in years:
 deep label distribution learning, trained by ``models.cnn.label_distribution_loss``.
 On the validation split it gave a lower age error than the L1 regression of the other
-networks (docs/face-resnet.md). The network takes
-aligned 150x150 RGB chips, pixels in 0-255, as dlib's alignment makes them
-(:func:`features.embeddings.face_chips`: 68 landmarks, ``get_face_chip``); the
-predictor (``models.cnn.CNNPredictor``) aligns the faces it is given first.
+networks (docs/face-resnet.md). The network takes aligned 150x150 RGB chips, pixels in
+0-255, as dlib's alignment makes them (:func:`features.embeddings.face_chips`: 68
+landmarks, ``get_face_chip``); the predictor (``models.cnn.CNNPredictor``) aligns the
+faces it is given first.
 
 Fine-tuning on two CPU cores: only the last ``tuned_blocks`` residual blocks, the
 descriptor layer and the heads are trained; the frozen part of the trunk runs once per
