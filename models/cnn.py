@@ -88,7 +88,8 @@ import numpy as np
 
 from features.loader import ImageLoader
 from models.face_model import ARCHITECTURE as FACE_ARCHITECTURE
-from models.face_model import LOAD_SIZE, is_face_model
+from models.face_model import (AGE_DISTRIBUTION, LOAD_SIZE, is_face_model,
+                               label_distribution_loss)
 
 if TYPE_CHECKING:
     import keras
@@ -103,13 +104,6 @@ N_ETHNICITIES = 5
 AGE_SCALE = 100.0
 _AGE_BIAS_INIT = 0.3
 LOSS_WEIGHTS: dict[str, float] = {"gender": 1.0, "ethnicity": 1.0, "age": 1.0 / AGE_SCALE}
-#: Name of an age head's distribution over whole years, where a network has one (the
-#: ``age`` output is then its expectation, trained through the distribution's loss).
-AGE_DISTRIBUTION = "age_distribution"
-#: Spread (years) of the Gaussian label distribution an age is turned into.
-AGE_LABEL_SIGMA = 2.0
-#: Weight, per year of error, of the expectation's absolute error in that loss.
-AGE_EXPECTATION_WEIGHT = 0.1
 #: Training-only output that regresses a teacher's standardised face descriptors
 #: (:func:`with_descriptor_head`); saved networks never have it.
 DESCRIPTOR_OUTPUT = "descriptor"
@@ -440,26 +434,6 @@ def _sparse_crossentropy(label_smoothing: float) -> Callable:
     return sparse_crossentropy
 
 
-def label_distribution_loss(y_true, y_pred):
-    """Loss of an age distribution over 0..K years against ages in years, per face.
-
-    Deep label distribution learning: the Kullback-Leibler divergence from a Gaussian of
-    :data:`AGE_LABEL_SIGMA` years around the true age (normalised over the bins) to the
-    predicted distribution, plus :data:`AGE_EXPECTATION_WEIGHT` times the absolute error
-    of its expectation, the age the network predicts.
-    """
-    from keras import ops
-
-    bins = ops.cast(ops.arange(ops.shape(y_pred)[-1]), y_pred.dtype)[None]
-    ages = ops.reshape(ops.cast(y_true, y_pred.dtype), (-1, 1))
-    target = ops.exp(-0.5 * ops.square((bins - ages) / AGE_LABEL_SIGMA))
-    target = target / ops.sum(target, axis=1, keepdims=True)
-    tiny = 1e-7
-    divergence = ops.sum(target * (ops.log(target + tiny) - ops.log(y_pred + tiny)), axis=1)
-    expected = ops.sum(y_pred * bins, axis=1)
-    return divergence + AGE_EXPECTATION_WEIGHT * ops.abs(expected - ages[:, 0])
-
-
 def compile_network(network: keras.Model, *, learning_rate: float = DEFAULT_LEARNING_RATE,
                     total_steps: int, warmup_steps: int = 0,
                     weight_decay: float = DEFAULT_WEIGHT_DECAY,
@@ -489,9 +463,9 @@ def compile_network(network: keras.Model, *, learning_rate: float = DEFAULT_LEAR
     -----
     Losses: binary cross-entropy (gender), categorical cross-entropy of the ethnicity
     codes (both with label smoothing), mean absolute error in years (age), weighted by
-    :data:`LOSS_WEIGHTS`; for a network with an :data:`AGE_DISTRIBUTION` output, age is
-    learnt through :func:`label_distribution_loss` on it instead (the ``age`` output's
-    error is then weighted 0). Metrics are logged as ``gender_acc``, ``ethnicity_acc`` and
+    :data:`LOSS_WEIGHTS`; for a network with an ``age_distribution`` output, age is
+    learnt through ``models.face_model.label_distribution_loss`` on it instead (the
+    ``age`` output's error is then weighted 0). Metrics are logged as ``gender_acc``, ``ethnicity_acc`` and
     ``age_mae`` (years).
     """
     import keras
@@ -590,7 +564,7 @@ def encode_targets(labels: Mapping[str, np.ndarray],
     """Network targets from label codes.
 
     Gender (N, 1) float32, ethnicity (N,) int32 codes, age (N, 1) float32 years (also
-    for the :data:`AGE_DISTRIBUTION` output), and for the ``descriptor`` output (N, D)
+    for the ``age_distribution`` output), and for the ``descriptor`` output (N, D)
     float32 rows.
     """
     dtypes = {"gender": np.float32, "ethnicity": np.int32, "age": np.float32,

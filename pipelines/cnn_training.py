@@ -322,11 +322,11 @@ def train_cnn(data_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
     ImportError
         When distilling without dlib or its models.
     """
-    face = init_from is None and architecture == FACE_ARCHITECTURE
-    if freeze_trunk_epochs and init_from is None and not face:
+    new_face = init_from is None and architecture == FACE_ARCHITECTURE
+    if freeze_trunk_epochs and init_from is None and not new_face:
         raise ValueError("freeze_trunk_epochs needs init_from or the pretrained face-resnet: "
                          "a new trunk cannot be frozen")
-    if face and distill:
+    if new_face and distill:
         raise ValueError("face-resnet is dlib's descriptor network itself: there is nothing "
                          "to distil into it (use --no-distill)")
     if distill is None:
@@ -340,13 +340,12 @@ def train_cnn(data_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
         network = set_precision(initial, precision, OUTPUT_LAYERS)
     out = prepare_output_dir(out_dir, overwrite)
     predictor = CNNPredictor(initial)
-    face = face or predictor.aligned
     if epochs is None:
-        epochs = FACE_EPOCHS if face else DEFAULT_EPOCHS
+        epochs = FACE_EPOCHS if predictor.aligned else DEFAULT_EPOCHS
     if freeze_trunk_epochs is None:
-        freeze_trunk_epochs = FACE_FREEZE_EPOCHS if face and init_from is None else 0
+        freeze_trunk_epochs = FACE_FREEZE_EPOCHS if new_face else 0
     if learning_rate is None:
-        learning_rate = (FACE_LEARNING_RATE if face else DEFAULT_LEARNING_RATE
+        learning_rate = (FACE_LEARNING_RATE if predictor.aligned else DEFAULT_LEARNING_RATE
                          if init_from is None else FINE_TUNE_LEARNING_RATE)
     index = index_folder(data_dir)
     split = load_or_create_split(index, manifest_path or out / SPLIT_FILE)
@@ -390,7 +389,7 @@ def train_cnn(data_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
     history = fit_network(
         trained, train, val, epochs=epochs, batch_size=batch_size,
         checkpoint_path=out / CHECKPOINT_FILE, learning_rate=learning_rate,
-        head_learning_rate=FACE_HEAD_LEARNING_RATE if face else None,
+        head_learning_rate=FACE_HEAD_LEARNING_RATE if predictor.aligned else None,
         freeze_trunk_epochs=freeze_trunk_epochs, augment=not predictor.aligned,
         descriptors=descriptors, seed=seed, verbose=2 if progress else 0)
     seconds = time.perf_counter() - started

