@@ -970,6 +970,26 @@ class CNNPredictor:
                                              axis=0))
         return {task: np.concatenate(batches) for task, batches in outputs.items()}
 
+    def task_outputs(self, X, batch_size: int = 64) -> dict[str, np.ndarray]:
+        """Class probabilities and ages of every task, from one pass of the network.
+
+        Parameters
+        ----------
+        X, batch_size
+            See :meth:`predict`.
+
+        Returns
+        -------
+        dict of str to ndarray
+            ``gender`` and ``ethnicity``: (N, n_classes) float64 probabilities whose
+            columns follow the label codes (gender: male, female); ``age``: (N,) float64
+            years (>= 0).
+        """
+        outputs = self._outputs(X, batch_size)
+        return {task: (_ages(outputs[task]) if task == "age"
+                       else _probabilities(task, outputs[task]))
+                for task in self.tasks}
+
     def predict(self, X, task: str | None = None,
                 batch_size: int = 64) -> dict[str, np.ndarray] | np.ndarray:
         """Predict label codes and ages.
@@ -995,8 +1015,8 @@ class CNNPredictor:
             For an unreadable file (no row is ever dropped silently).
         """
         tasks = self._check_task(task)
-        outputs = self._outputs(X, batch_size)
-        decoded = {name: _decode(name, outputs[name]) for name in tasks}
+        outputs = self.task_outputs(X, batch_size)
+        decoded = {name: labels_of(name, outputs[name]) for name in tasks}
         return decoded[task] if task is not None else decoded
 
     def predict_proba(self, X, task: str | None = None,
@@ -1026,8 +1046,8 @@ class CNNPredictor:
         tasks = [name for name in self._check_task(task) if name != "age"]
         if not tasks:
             raise ValueError("this network has no classification task")
-        outputs = self._outputs(X, batch_size)
-        proba = {name: _probabilities(name, outputs[name]) for name in tasks}
+        outputs = self.task_outputs(X, batch_size)
+        proba = {name: outputs[name] for name in tasks}
         return proba[task] if task is not None else proba
 
     def save(self, path: str | os.PathLike) -> Path:
@@ -1057,10 +1077,18 @@ def _probabilities(task: str, output: np.ndarray) -> np.ndarray:
     return output
 
 
-def _decode(task: str, output: np.ndarray) -> np.ndarray:
+def _ages(output: np.ndarray) -> np.ndarray:
+    return np.maximum(output[:, 0].astype(np.float64), 0.0)
+
+
+def labels_of(task: str, outputs: np.ndarray) -> np.ndarray:
+    """Predictions from :meth:`CNNPredictor.task_outputs`-style outputs of one task.
+
+    Age values pass through; class probabilities (N, n_classes) become int64 codes.
+    """
     if task == "age":
-        return np.maximum(output[:, 0].astype(np.float64), 0.0)
-    return np.argmax(_probabilities(task, output), axis=1).astype(np.int64)
+        return outputs
+    return np.argmax(outputs, axis=1).astype(np.int64)
 
 
 def load_model(path: str | os.PathLike) -> CNNPredictor:

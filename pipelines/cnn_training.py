@@ -33,6 +33,7 @@ from models.cnn import (CNNPredictor, DEFAULT_DESCRIPTOR_WEIGHT, DEFAULT_LEARNIN
 from models.face_model import ARCHITECTURE as FACE_ARCHITECTURE
 from models.face_model import aligned_chips, top_training_data
 from models.precision import check_precision, set_precision
+from models.safety import file_sha256
 from pipelines.dataset import DatasetIndex, index_folder
 from pipelines.metrics import evaluate_task, headline
 from pipelines.reports import atomic_path, atomic_write_json, prepare_output_dir, write_task_report
@@ -402,7 +403,8 @@ def train_cnn(data_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
     for task, (metrics, predicted) in scores.items():
         write_task_report(out, task, metrics, faces["test"].index.labels(task), predicted)
     summary.update({
-        "model_path": str(out / MODEL_FILE), "epochs_run": len(history["loss"]),
+        "model_path": str(out / MODEL_FILE), "model_sha256": file_sha256(out / MODEL_FILE),
+        "epochs_run": len(history["loss"]),
         "best_epoch": int(np.argmin(history.get("val_task_loss", history["val_loss"]))) + 1,
         "train_seconds": round(seconds, 1),
         "train_images_per_second": round(len(faces["train"].images) * len(history["loss"])

@@ -4,16 +4,18 @@ Run ``python -m pipelines.predict MODEL IMAGE_OR_FOLDER... [--out results.csv]``
 
 Models
     ``MODEL`` is what :mod:`pipelines.run` or :mod:`pipelines.cnn_training` wrote: a run
-    folder (``<task>_model.joblib`` per task and/or a CNN ``model.keras``), or one model
-    file (a classical ``.joblib`` with its metadata JSON beside it, a CNN ``.keras``, or a
-    pickled CNN ``.joblib`` with metadata). Every ``.joblib`` goes through
+    folder (``<task>_model.joblib`` per task, a CNN ``model.keras`` or a stack's
+    ``stack_model.joblib``), or one model file (a classical or stacked ``.joblib`` with
+    its metadata JSON beside it, a CNN ``.keras``, or a pickled CNN ``.joblib`` with
+    metadata). Every ``.joblib`` goes through
     :func:`models.safety.load_model`, which checks the SHA-256 recorded in the metadata
     before unpickling. A ``.joblib`` whose metadata records another ``utkface-toolkit``
     version than the installed one is **refused** (a pickled pipeline runs this
     package's feature code, which may have changed); ``allow_other_version`` /
     ``--allow-other-version`` uses it anyway, with a warning. A ``.keras`` file holds no
     code and no metadata: it is loaded by Keras' safe loader, without a version check.
-    When a folder holds two models of one task, the per-task classical file is used.
+    When a folder holds two models of one task, the stack is used first, then the
+    per-task classical file.
     Age groups come from the predicted age (:func:`pipelines.labels.age_group`), so age
     and group always agree; an ``age_group`` classifier is used only without an age
     model. Predicted ages are clipped at 0, as the CNN does.
@@ -40,9 +42,9 @@ Batching
     gathered into a batch; a classical pipeline's first step (the stateless image ->
     features step) runs over the whole batch, once for all tasks whose first steps are
     equal, and its learnt steps (scaling, PCA, model) run face by face: BLAS matrix
-    products differ in the last bits between one row and many. A CNN runs face by face
-    for the same reason: TensorFlow's CPU kernels give a face slightly different outputs
-    (about 1e-8) at different positions of a batch.
+    products differ in the last bits between one row and many. A CNN or a stack runs
+    face by face for the same reason: TensorFlow's CPU kernels give a face slightly
+    different outputs (about 1e-8) at different positions of a batch.
 
 Output
     One record per face (per file when it failed): :data:`FACE_COLUMNS`, then per task
@@ -76,6 +78,7 @@ from tqdm.auto import tqdm
 from features.faces import FaceBox, crop_face, detect_faces
 from features.io import ImageLoadError, convert_mode, open_image
 from models import cnn, safety
+from models.stack import StackedFaceModel, is_multitask
 from pipelines.classical import PACKAGE, versions
 from pipelines.cnn_training import MODEL_FILE as CNN_MODEL_FILE
 from pipelines.labels import AGE_GROUP_NAMES, TASKS, age_group
@@ -88,6 +91,8 @@ PHOTO_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".
 OUTPUT_SUFFIXES: tuple[str, ...] = (".csv", ".jsonl", ".json")
 FACE_COLUMNS: tuple[str, ...] = ("file", "face", "top", "left", "height", "width")
 DEFAULT_BATCH_SIZE = 32
+#: The stacked model of a ``pipelines.run --model stack`` run folder.
+STACK_FILE = "stack_model.joblib"
 
 
 class ModelError(Exception):
@@ -150,15 +155,16 @@ class FacePredictor:
     ----------
     classical : sequence of ClassicalTask
         Classical models, one task each.
-    network : CNNPredictor, optional
-        A CNN, used for ``network_tasks``.
+    network : CNNPredictor or StackedFaceModel, optional
+        A multi-task model, used for ``network_tasks``.
     network_tasks : sequence of str
-        Tasks taken from the CNN.
+        Tasks taken from ``network``.
     batch_size : int
         Faces gathered before they are predicted (see the module docstring).
     """
 
-    def __init__(self, classical: Sequence[ClassicalTask], network: cnn.CNNPredictor | None = None,
+    def __init__(self, classical: Sequence[ClassicalTask],
+                 network: cnn.CNNPredictor | StackedFaceModel | None = None,
                  network_tasks: Sequence[str] = (), batch_size: int = DEFAULT_BATCH_SIZE):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -200,12 +206,12 @@ class FacePredictor:
     def _network_outputs(self, crops: Sequence[np.ndarray]) -> dict[str, tuple]:
         if self.network is None:
             return {}
-        values = [self.network.predict([crop]) for crop in crops]
-        proba = ([self.network.predict_proba([crop]) for crop in crops]
-                 if set(self.network_tasks) - {"age"} else [])
-        return {task: (np.concatenate([value[task] for value in values]),
-                       np.concatenate([p[task] for p in proba]) if task != "age" else None)
-                for task in self.network_tasks}
+        outputs = [self.network.task_outputs([crop]) for crop in crops]
+        combined = {task: np.concatenate([output[task] for output in outputs])
+                    for task in self.network_tasks}
+        return {task: (values, None) if task == "age"
+                else (cnn.labels_of(task, values), values)
+                for task, values in combined.items()}
 
     def predict(self, crops: Sequence[np.ndarray]) -> list[dict[str, Any]]:
         """Predictions for face crops.
@@ -266,10 +272,16 @@ def _load_joblib(path: Path, allow_other_version: bool) -> dict[str, Any]:
     if isinstance(model, cnn.CNNPredictor):
         _ = model.network  # decode the network now, before any output is written
         return {task: model for task in model.tasks}
+    if isinstance(model, StackedFaceModel):
+        for member in model.members.values():
+            if isinstance(member, cnn.CNNPredictor):
+                _ = member.network
+        return {task: model for task in model.tasks}
     if isinstance(model, Pipeline) and metadata.get("task") in TASKS:
         return {metadata["task"]: model}
     raise ModelError(f"{path} holds a {type(model).__name__} (task {metadata.get('task')!r}), "
-                     f"not a model saved by pipelines.run or a CNNPredictor")
+                     f"not a model saved by pipelines.run, a CNNPredictor or a "
+                     f"StackedFaceModel")
 
 
 def load_model_file(path: str | os.PathLike,
@@ -315,7 +327,7 @@ def load_model_file(path: str | os.PathLike,
 
 
 def model_files(path: str | os.PathLike) -> list[Path]:
-    """The model files of a run folder (classical per task, then the CNN), or ``[path]``.
+    """The model files of a run folder (stack, classical per task, CNN), or ``[path]``.
 
     Raises
     ------
@@ -324,11 +336,13 @@ def model_files(path: str | os.PathLike) -> list[Path]:
     """
     path = Path(path)
     if path.is_dir():
-        found = [path / f"{task}_model.joblib" for task in TASKS] + [path / CNN_MODEL_FILE]
+        found = ([path / STACK_FILE] + [path / f"{task}_model.joblib" for task in TASKS]
+                 + [path / CNN_MODEL_FILE])
         found = [file for file in found if file.is_file()]
         if not found:
             raise ModelError(f"{path} holds no model: expected <task>_model.joblib files "
-                             f"(pipelines.run) or {CNN_MODEL_FILE} (a CNN run)")
+                             f"(pipelines.run), {CNN_MODEL_FILE} (a CNN run) or "
+                             f"{STACK_FILE} (a stack)")
         return found
     if not path.exists():
         raise ModelError(f"no model file or run folder at {path}")
@@ -357,10 +371,10 @@ def load_predictor(path: str | os.PathLike, *, allow_other_version: bool = False
                 logger.info("%s predicted by %s", task, file)
     if "age" in chosen and chosen.pop("age_group", None) is not None:
         logger.info("age groups come from the age predictions, not the age_group model")
-    networks = {id(model): model for model in chosen.values()
-                if isinstance(model, cnn.CNNPredictor)}
+    networks = {id(model): model for model in chosen.values() if is_multitask(model)}
     if len(networks) > 1:
-        raise ModelError(f"{path} holds more than one CNN; point at one model file")
+        raise ModelError(f"{path} holds more than one multi-task model (CNN or stack); "
+                         f"point at one model file")
     classical = [ClassicalTask.from_pipeline(task, model) for task, model in chosen.items()
                  if isinstance(model, Pipeline)]
     network = next(iter(networks.values()), None)

@@ -101,7 +101,8 @@ def save_artifact(path: str | os.PathLike, write: Callable[[Path], None],
     return record
 
 
-def prepare_output_dir(out_dir: str | os.PathLike, overwrite: bool = False) -> Path:
+def prepare_output_dir(out_dir: str | os.PathLike, overwrite: bool = False,
+                       keep: Sequence[str] = ()) -> Path:
     """Create the output folder, refusing one that already holds files.
 
     Parameters
@@ -111,6 +112,8 @@ def prepare_output_dir(out_dir: str | os.PathLike, overwrite: bool = False) -> P
     overwrite : bool
         Allow a folder with files; they are replaced one by one as new results are
         written (files of an earlier run that this run does not write are left).
+    keep : sequence of str
+        Names of entries that do not count as results (e.g. a folder of inputs).
 
     Raises
     ------
@@ -123,7 +126,7 @@ def prepare_output_dir(out_dir: str | os.PathLike, overwrite: bool = False) -> P
     if path.exists() and not path.is_dir():
         raise NotADirectoryError(f"output path {path} is a file, not a folder")
     if path.is_dir() and not overwrite:
-        existing = sorted(entry.name for entry in path.iterdir())
+        existing = sorted(entry.name for entry in path.iterdir() if entry.name not in keep)
         if existing:
             raise OutputExistsError(
                 f"{path} already holds results ({', '.join(existing[:5])}"

@@ -27,7 +27,9 @@ from pipelines.cnn_training import (DEFAULT_BATCH_SIZE, DEFAULT_EPOCHS, FACE_EPO
 from pipelines.cluster import SCHEDULER_ENV, SVM_CLUSTER_LIMIT, ClusterError, scheduler_address
 from pipelines.dataset import default_data_dir
 from pipelines.labels import TASKS
+from pipelines.predict import ModelError
 from pipelines.reports import OutputExistsError, format_summary_table, result_row
+from pipelines.stacking import DEFAULT_MEMBERS, MEMBERS_DIR, has_model, run_stack
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_SPLIT = REPO_ROOT / "splits" / "utkface.json"
@@ -56,6 +58,16 @@ def parse_cli_args(parser: argparse.ArgumentParser,
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
                         format=LOG_FORMAT)
     return args
+
+
+def parse_member(text: str) -> tuple[str, Path]:
+    """Parse a ``--members`` entry, ``NAME=RUN_FOLDER`` or ``RUN_FOLDER`` (named after it)."""
+    name, separator, folder = text.partition("=")
+    if not separator:
+        name, folder = Path(text).name, text
+    if not name or not folder:
+        raise argparse.ArgumentTypeError(f"expected NAME=RUN_FOLDER or RUN_FOLDER, got {text!r}")
+    return name, Path(folder)
 
 
 def parse_param(text: str) -> tuple[str, object]:
@@ -92,9 +104,11 @@ def build_parser() -> argparse.ArgumentParser:
                              "(default 128); COLOUR gray or rgb (default gray); PCA the number "
                              "of principal components kept, or none (default none). "
                              f"Default: {defaults}")
-    parser.add_argument("--model", choices=(*MODELS, "cnn"), default="svm",
+    parser.add_argument("--model", choices=(*MODELS, "cnn", "stack"), default="svm",
                         help="svm: RBF-kernel SVC/SVR; linear-svm: LinearSVC/LinearSVR (fast); "
-                             "xgboost: XGBClassifier/XGBRegressor (default: svm)")
+                             "xgboost: XGBClassifier/XGBRegressor; cnn: a network (options "
+                             "below); stack: one model combining trained runs (--members) "
+                             "(default: svm)")
     parser.add_argument("--tasks", nargs="+", choices=[*TASKS, "all"], default=["all"],
                         help="tasks to train, one model each: gender, ethnicity, age "
                              "(regression in years), age_group (9 classes) or all (default; "
@@ -169,7 +183,49 @@ def build_parser() -> argparse.ArgumentParser:
                           "in --cache-dir); the saved network predicts without dlib "
                           "(default: on for a new network of the default architecture, off "
                           "for seed_baseline and --init-from)")
+    stack = parser.add_argument_group("stack (--model stack)")
+    stack.add_argument("--members", nargs="+", type=parse_member, default=None,
+                       metavar="[NAME=]RUN_FOLDER",
+                       help="trained run folders to combine (same split). Default: "
+                            f"{', '.join(DEFAULT_MEMBERS)} in OUT/{MEMBERS_DIR}/NAME, each "
+                            "trained there first (with its own default command) unless it "
+                            "already holds a model")
     return parser
+
+
+def _train_members(args: argparse.Namespace) -> dict[str, Path] | int:
+    """The default members' run folders, training those that hold no model yet."""
+    folders = {name: args.out / MEMBERS_DIR / name for name in DEFAULT_MEMBERS}
+    shared = ["--split", str(args.split), "--cache-dir", str(args.cache_dir),
+              "--n-jobs", str(args.n_jobs), "--seed", str(args.seed)]
+    shared += ["--data", str(args.data)] if args.data else []
+    shared += ["--no-cache"] if args.no_cache else []
+    shared += ["--quiet"] if args.quiet else []
+    for name, folder in folders.items():
+        if has_model(folder):
+            logging.getLogger(__name__).info("member %s: reusing %s", name, folder)
+            continue
+        member_args = [*DEFAULT_MEMBERS[name], "--out", str(folder), "--overwrite", *shared]
+        print(f"training member {name}: python -m pipelines.run {' '.join(member_args)}")
+        status = main(member_args)
+        if status:
+            return status
+    return folders
+
+
+def _run_stack(args: argparse.Namespace) -> int:
+    """``--model stack``: train missing members, fit the combiners, print every figure."""
+    folders = dict(args.members) if args.members else _train_members(args)
+    if isinstance(folders, int):
+        return folders
+    summary = run_stack(args.data or default_data_dir(), folders, split_path=args.split,
+                        out_dir=args.out, overwrite=args.overwrite,
+                        cache_dir=None if args.no_cache else args.cache_dir / "stack",
+                        progress=not args.quiet, seed=args.seed)
+    print()
+    print(format_summary_table(summary["rows"]))
+    print(f"\nstack of {len(folders)} members in {args.out} ({summary['seconds']:.0f} s)")
+    return 0
 
 
 def _run_cnn(args: argparse.Namespace, tasks: Sequence[str]) -> int:
@@ -208,7 +264,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.model == "cnn" and "age_group" in tasks and "all" not in args.tasks:
         parser.error("--tasks age_group: the CNN has heads for gender, ethnicity and age "
                      "only; age groups are a task of the classical models")
+    if args.members and args.model != "stack":
+        parser.error("--members applies to --model stack")
     try:
+        if args.model == "stack":
+            return _run_stack(args)
         if args.model == "cnn":
             return _run_cnn(args, tasks)
         config = TrainConfig(features=tuple(args.features or DEFAULT_FEATURES),
@@ -221,7 +281,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                 overwrite=args.overwrite, progress=not args.quiet,
                                 scheduler=scheduler)
     except (OutputExistsError, FileNotFoundError, NotADirectoryError, ValueError,
-            ClusterError, ImportError) as error:
+            ClusterError, ImportError, ModelError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     print()

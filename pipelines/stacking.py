@@ -1,0 +1,274 @@
+"""The stacked model: trained run folders in, one saved model for every task out.
+
+``python -m pipelines.run --model stack`` (see :mod:`pipelines.run`) trains the member
+runs of :data:`DEFAULT_MEMBERS` that are missing, then calls :func:`run_stack`: every
+member judges the validation and test faces (outputs cached per member file and face
+set), a :class:`models.stack.StackedFaceModel` fits its combiners on the **validation**
+faces only, members and stack are scored on the test faces, and the stack is saved as
+one ``stack_model.joblib`` (checksummed metadata beside it) that
+:mod:`pipelines.predict` and ``joblib.load(...).predict(paths)`` use.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import joblib
+import numpy as np
+
+from models import cnn
+from models.safety import file_sha256
+from models.stack import StackedFaceModel, member_tasks
+from pipelines.classical import PACKAGE, versions
+from pipelines.cnn_training import MODEL_FILE as CNN_MODEL_FILE
+from pipelines.cnn_training import SUMMARY_FILE as CNN_SUMMARY_FILE
+from pipelines.dataset import DatasetIndex, index_folder
+from pipelines.metrics import evaluate_task, headline
+from pipelines.predict import STACK_FILE, ModelError, load_model_file, model_files
+from pipelines.reports import (atomic_path, atomic_write_json, prepare_output_dir, result_row,
+                               save_artifact, write_task_report)
+from pipelines.splits import load_or_create_split, names_sha256
+
+logger = logging.getLogger(__name__)
+
+#: Tasks the stack combines; age groups come from the predicted age.
+STACK_TASKS: tuple[str, ...] = ("gender", "ethnicity", "age")
+MEMBERS_DIR = "members"
+SUMMARY_FILE = "summary.json"
+
+#: Member name -> ``pipelines.run`` arguments that train it (``--out`` and the data,
+#: split, cache and seed options are added).
+DEFAULT_MEMBERS: dict[str, tuple[str, ...]] = {
+    "dlib-gender": ("--features", "dlib:200:rgb", "hog:128:gray:250", "hog:64:gray:100",
+                    "lbp:128:gray:50", "pixels:16:rgb:50", "--tasks", "gender"),
+    "dlib-ethnicity": ("--features", "dlib:200:rgb", "--tasks", "ethnicity",
+                       "--param", "C=3"),
+    "dlib-age": ("--features", "dlib:200:rgb", "--tasks", "age", "--param", "C=10",
+                 "--param", "epsilon=0.5"),
+    "classical": ("--tasks", *STACK_TASKS),
+    "cnn": ("--model", "cnn"),
+    "face-resnet": ("--model", "cnn", "--architecture", "face-resnet"),
+}
+
+
+def has_model(folder: str | os.PathLike) -> bool:
+    """Whether ``folder`` holds a trained run (a model file :mod:`pipelines.predict` reads)."""
+    try:
+        model_files(folder)
+    except ModelError:
+        return False
+    return Path(folder).is_dir()
+
+
+def _checked_keras(path: Path) -> str:
+    """SHA-256 of a CNN member's ``model.keras``, checked against its run summary."""
+    digest = file_sha256(path)
+    summary_path = path.parent / CNN_SUMMARY_FILE
+    try:
+        recorded = json.loads(summary_path.read_text(encoding="utf-8")).get("model_sha256")
+    except (OSError, ValueError):
+        recorded = None
+    if recorded is None:
+        logger.warning("%s: no model_sha256 in %s, the network is used unchecked", path,
+                       summary_path)
+    elif recorded != digest:
+        raise ModelError(f"{path} has SHA-256 {digest}, but {summary_path} records "
+                         f"{recorded}: the file was altered or replaced after training")
+    return digest
+
+
+def load_member(folder: str | os.PathLike) -> tuple[Any, str]:
+    """Load a trained run folder as a stack member.
+
+    Returns
+    -------
+    member, str
+        A ``CNNPredictor`` (a CNN run) or a dict task -> ``Pipeline`` (a classical
+        run, :data:`STACK_TASKS` only), and the SHA-256 of its model files together.
+
+    Raises
+    ------
+    pipelines.predict.ModelError
+        For a folder without a model, an unreadable model, or a file whose SHA-256
+        differs from the one recorded when it was trained.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ModelError(f"no run folder at {folder}")
+    files = [file for file in model_files(folder) if file.name != STACK_FILE]
+    digest = hashlib.sha256()
+    if folder / CNN_MODEL_FILE in files:
+        path = folder / CNN_MODEL_FILE
+        digest.update(_checked_keras(path).encode())
+        return next(iter(load_model_file(path).values())), digest.hexdigest()
+    member = {}
+    for file in files:
+        for task, model in load_model_file(file).items():
+            if task in STACK_TASKS:
+                member[task] = model
+                digest.update(file_sha256(file).encode())
+    if not member:
+        raise ModelError(f"{folder} predicts none of {STACK_TASKS}")
+    return member, digest.hexdigest()
+
+
+def _outputs_path(cache_dir: Path, name: str, member_sha: str, faces: DatasetIndex) -> Path:
+    key = hashlib.sha256(f"{member_sha}\n{names_sha256(faces.file_names)}\n"
+                         f"{Path(faces.folder).resolve()}".encode()).hexdigest()
+    return cache_dir / f"{name}-{key[:20]}.npz"
+
+
+def member_outputs(members: Mapping[str, tuple[Any, str]], faces: DatasetIndex, *,
+                   cache_dir: str | os.PathLike | None = None,
+                   progress: bool = True) -> dict[str, dict[str, np.ndarray]]:
+    """Every member's outputs for a set of faces, read from or written to the cache.
+
+    Parameters
+    ----------
+    members : mapping
+        Name -> (member, SHA-256 of its files), as :func:`load_member` gives.
+    faces : DatasetIndex
+        The faces.
+    cache_dir : path-like, optional
+        Folder of cached outputs (``<member>-<key>.npz``, the key from the member's
+        files and the faces); None computes everything.
+    progress : bool
+        Progress bars.
+
+    Returns
+    -------
+    dict
+        Member name -> task -> outputs (see ``StackedFaceModel.member_outputs``).
+    """
+    found: dict[str, dict[str, np.ndarray]] = {}
+    paths = {name: _outputs_path(Path(cache_dir), name, sha, faces) if cache_dir else None
+             for name, (_, sha) in members.items()}
+    for name, path in paths.items():
+        if path is not None and path.is_file():
+            with np.load(path) as stored:
+                found[name] = {task: stored[task] for task in stored.files}
+            logger.info("outputs of %s on %d faces read from %s", name, len(faces), path)
+    missing = {name: member for name, (member, _) in members.items() if name not in found}
+    if missing:
+        computed = StackedFaceModel(missing).member_outputs(list(faces.paths), STACK_TASKS,
+                                                            progress)
+        for name, outputs in computed.items():
+            found[name] = outputs
+            if paths[name] is not None:
+                paths[name].parent.mkdir(parents=True, exist_ok=True)
+                with atomic_path(paths[name]) as temp:
+                    with open(temp, "wb") as stream:
+                        np.savez(stream, **outputs)
+    return {name: found[name] for name in members}
+
+
+def _member_score(task: str, outputs: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    """A member's headline on the faces it judged (rows without NaN)."""
+    judged = ~np.isnan(outputs.reshape(len(outputs), -1)).any(axis=1)
+    if task == "age":
+        return {"mae": float(np.mean(np.abs(outputs[judged] - labels[judged])))}
+    return {"accuracy": float(np.mean(np.argmax(outputs[judged], axis=1) == labels[judged]))}
+
+
+def _predictions(task: str, outputs: np.ndarray) -> np.ndarray:
+    return outputs if task == "age" else np.argmax(outputs, axis=1)
+
+
+def _evaluate(task: str, predicted: np.ndarray, faces: DatasetIndex,
+              rows: np.ndarray | slice = slice(None)) -> dict[str, Any]:
+    return evaluate_task(task, faces.labels(task)[rows], predicted[rows],
+                         gender=faces.gender[rows], ethnicity=faces.ethnicity[rows],
+                         age=faces.age[rows])
+
+
+def run_stack(data_dir: str | os.PathLike, member_dirs: Mapping[str, str | os.PathLike], *,
+              split_path: str | os.PathLike, out_dir: str | os.PathLike,
+              cache_dir: str | os.PathLike | None = None, overwrite: bool = False,
+              progress: bool = True, seed: int = 0) -> dict[str, Any]:
+    """Fit the stack of trained runs on the validation faces, score it on the test faces.
+
+    Parameters
+    ----------
+    data_dir : path-like
+        UTKFace image folder.
+    member_dirs : mapping of str to path-like
+        Member name -> its run folder (trained on the same split).
+    split_path : path-like
+        Split manifest.
+    out_dir : path-like
+        Results folder: ``stack_model.joblib`` and its metadata, per-task metrics and
+        plots of the stack, ``summary.json``; a ``members`` folder in it is kept.
+    cache_dir : path-like, optional
+        Folder of cached member outputs.
+    overwrite : bool
+        Allow an output folder that already holds results.
+    progress : bool
+        Progress bars.
+    seed : int
+        Seed of the combiners' cross-validation folds.
+
+    Returns
+    -------
+    dict
+        The content of ``summary.json``: ``rows`` (per task, each member and the stack),
+        ``members``, ``combiners``, ``fitted_on``, ``split``, ``seconds``, ``versions``.
+
+    Raises
+    ------
+    pipelines.predict.ModelError
+        For a missing, unreadable or altered member (before anything is written).
+    """
+    start = time.perf_counter()
+    index = index_folder(data_dir)
+    split = load_or_create_split(index, split_path, seed=seed)
+    parts = split.apply(index)
+    members = {name: load_member(folder) for name, folder in member_dirs.items()}
+    out = prepare_output_dir(out_dir, overwrite, keep=(MEMBERS_DIR,))
+    outputs = {part: member_outputs(members, parts[part], cache_dir=cache_dir,
+                                    progress=progress) for part in ("val", "test")}
+    val, test = parts["val"], parts["test"]
+    stack = StackedFaceModel({name: member for name, (member, _) in members.items()},
+                             seed=seed)
+    stack.fit_outputs(outputs["val"], {task: val.labels(task) for task in STACK_TASKS})
+    combined = stack.combine(outputs["test"])
+    rows, test_figures = [], {}
+    for task in stack.tasks_:
+        for name in stack.inputs_[task]:
+            figures = _member_score(task, outputs["test"][name][task], test.labels(task))
+            validation = _member_score(task, outputs["val"][name][task], val.labels(task))
+            test_figures.setdefault(name, {})[task] = figures
+            rows.append(result_row(task, name, None, validation, figures))
+        predicted = _predictions(task, combined[task])
+        metrics = _evaluate(task, predicted, test)
+        write_task_report(out, task, metrics, test.labels(task), predicted)
+        scores = stack.cv_scores_[task]
+        test_figures.setdefault("stack", {})[task] = headline(task, metrics)
+        rows.append(result_row(task, "stack", len(val),
+                               {scores["metric"]: scores["combiners"][scores["kept"]]},
+                               headline(task, metrics)))
+    split_info = {"manifest": str(Path(split_path).resolve()), "sha256": split.sha256,
+                  **{part: len(faces) for part, faces in parts.items()}}
+    fitted_on = {"part": "val", "n": len(val), "faces_sha256": names_sha256(val.file_names)}
+    metadata = {
+        "format_version": 1, "package_version": versions()[PACKAGE], "kind": "stack",
+        "tasks": list(stack.tasks_),
+        "members": {name: {"folder": str(member_dirs[name]), "sha256": sha,
+                           "tasks": list(member_tasks(member))}
+                    for name, (member, sha) in members.items()},
+        "combiners": {task: {"inputs": stack.inputs_[task], **stack.cv_scores_[task]}
+                      for task in stack.tasks_},
+        "fitted_on": fitted_on, "split": split_info,
+        "test": test_figures, "n_test": len(test), "versions": versions(),
+    }
+    save_artifact(out / STACK_FILE, lambda temp: joblib.dump(stack, temp), metadata)
+    summary = {"rows": rows, **{key: metadata[key] for key in
+                                ("members", "combiners", "fitted_on", "split", "test")},
+               "data": str(index.folder), "seconds": round(time.perf_counter() - start, 1),
+               "versions": versions()}
+    atomic_write_json(out / SUMMARY_FILE, summary)
+    return summary

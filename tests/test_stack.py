@@ -1,0 +1,166 @@
+"""models.stack: combiners over member outputs, on synthetic members with known noise."""
+from __future__ import annotations
+
+import joblib
+import numpy as np
+import pytest
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import FunctionTransformer
+from sklearn.linear_model import LinearRegression, LogisticRegression
+
+from models.stack import StackedFaceModel
+
+N_FACES = 1200
+
+
+class NoisyMember:
+    """A multi-task member that knows each face's labels up to its own noise.
+
+    A "face" is an array whose first value is its number; the member's outputs for
+    every face are drawn once, from its seed.
+    """
+
+    def __init__(self, gender: np.ndarray, age: np.ndarray, seed: int, flip: float = 0.2,
+                 age_noise: float = 6.0):
+        rng = np.random.default_rng(seed)
+        wrong = rng.random(len(gender)) < flip
+        # like a real classifier, less sure when it is wrong
+        confidence = np.where(wrong, rng.uniform(0.5, 0.8, len(gender)),
+                              rng.uniform(0.6, 1.0, len(gender)))
+        said = np.where(wrong, 1 - gender, gender)
+        self.proba = np.column_stack([np.where(said == 0, confidence, 1 - confidence),
+                                      np.where(said == 1, confidence, 1 - confidence)])
+        self.age = age + rng.normal(0, age_noise, len(age))
+        self.tasks = ("gender", "age")
+        self.calls = 0
+
+    def task_outputs(self, X) -> dict[str, np.ndarray]:
+        self.calls += 1
+        rows = np.array([int(np.asarray(face).flat[0]) for face in X])
+        return {"gender": self.proba[rows], "age": self.age[rows]}
+
+
+@pytest.fixture(scope="module")
+def labels() -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(0)
+    return {"gender": rng.integers(0, 2, N_FACES), "age": rng.uniform(1, 80, N_FACES)}
+
+
+def faces(rows) -> list[np.ndarray]:
+    return [np.full((2, 2), row, dtype=np.int64) for row in rows]
+
+
+@pytest.fixture(scope="module")
+def stack(labels) -> StackedFaceModel:
+    members = {"a": NoisyMember(labels["gender"], labels["age"], seed=1),
+               "b": NoisyMember(labels["gender"], labels["age"], seed=2)}
+    half = np.arange(N_FACES // 2)
+    return StackedFaceModel(members, batch_size=100).fit(
+        faces(half), {task: values[half] for task, values in labels.items()})
+
+
+def test_the_combiner_beats_each_member_on_faces_it_did_not_see(stack, labels) -> None:
+    unseen = np.arange(N_FACES // 2, N_FACES)
+    outputs = stack.member_outputs(faces(unseen))
+    predicted = stack.predict(faces(unseen))
+    gender, age = labels["gender"][unseen], labels["age"][unseen]
+    members = {name: (np.mean(np.argmax(out["gender"], 1) == gender),
+                      np.mean(np.abs(out["age"] - age))) for name, out in outputs.items()}
+    accuracy = np.mean(predicted["gender"] == gender)
+    mae = np.mean(np.abs(predicted["age"] - age))
+    # two members with independent 20 % errors: where they disagree the more confident
+    # one is right more often, so the combination gains points
+    assert accuracy > max(acc for acc, _ in members.values()) + 0.03
+    # two independent errors of 6 years average to about 6 / sqrt(2)
+    assert mae < 0.8 * min(err for _, err in members.values())
+    assert set(stack.cv_scores_["age"]["combiners"]) == {"linear", "median-linear", "boosted"}
+    assert stack.cv_scores_["gender"]["combiners"]["logistic"] > 0.8
+    assert stack.inputs_ == {"gender": ["a", "b"], "age": ["a", "b"]}
+
+
+def test_probabilities_are_a_distribution_and_predict_is_their_argmax(stack) -> None:
+    proba = stack.predict_proba(faces(range(50)), task="gender")
+    assert proba.shape == (50, 2)
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0)
+    np.testing.assert_array_equal(stack.predict(faces(range(50)), task="gender"),
+                                  np.argmax(proba, axis=1))
+    assert (stack.predict(faces(range(50)), task="age") >= 0).all()
+    with pytest.raises(ValueError, match="regression"):
+        stack.predict_proba(faces(range(3)), task="age")
+    with pytest.raises(ValueError, match="not 'ethnicity'"):
+        stack.predict(faces(range(3)), task="ethnicity")
+
+
+def test_members_are_called_once_per_batch(labels) -> None:
+    member = NoisyMember(labels["gender"], labels["age"], seed=3)
+    StackedFaceModel({"m": member}, batch_size=64).member_outputs(faces(range(200)))
+    assert member.calls == 4
+
+
+def test_joblib_round_trip_predicts_the_same(stack, tmp_path) -> None:
+    joblib.dump(stack, tmp_path / "stack.joblib")
+    loaded = joblib.load(tmp_path / "stack.joblib")
+    some = faces(range(100, 160))
+    for task in ("gender", "age"):
+        np.testing.assert_array_equal(loaded.predict(some, task=task),
+                                      stack.predict(some, task=task))
+
+
+def test_a_member_that_cannot_judge_a_face_is_replaced_by_the_others_mean(stack) -> None:
+    outputs = stack.member_outputs(faces(range(10)))
+    holed = {name: {task: values.copy() for task, values in out.items()}
+             for name, out in outputs.items()}
+    holed["a"]["gender"][3] = np.nan
+    holed["a"]["age"][3] = np.nan
+    filled = {name: {task: values.copy() for task, values in out.items()}
+              for name, out in outputs.items()}
+    filled["a"]["gender"][3] = outputs["b"]["gender"][3]
+    filled["a"]["age"][3] = outputs["b"]["age"][3]
+    for task in ("gender", "age"):
+        np.testing.assert_array_equal(stack.combine(holed)[task], stack.combine(filled)[task])
+    holed["b"]["gender"][3] = np.nan
+    with pytest.raises(ValueError, match=r"positions \[3\] for gender"):
+        stack.combine(holed)
+
+
+def test_labels_that_do_not_fit_are_refused(labels) -> None:
+    member = NoisyMember(labels["gender"], labels["age"], seed=4)
+    model = StackedFaceModel({"m": member})
+    with pytest.raises(ValueError, match="no member predicts 'ethnicity'"):
+        model.fit(faces(range(40)), {"ethnicity": np.zeros(40, int)})
+    with pytest.raises(ValueError, match="30 gender labels, but member 'm' has 40"):
+        model.fit_outputs(model.member_outputs(faces(range(40))),
+                          {"gender": labels["gender"][:30]})
+    with pytest.raises(ValueError, match="a class has a single face"):
+        model.fit(faces(range(40)), {"gender": np.r_[np.zeros(39, int), 1]})
+
+
+FEATURE_CALLS: list[int] = []
+
+
+def _features(X) -> np.ndarray:
+    """Face number and a NaN row for face 5 (a face the member cannot describe)."""
+    FEATURE_CALLS.append(len(X))
+    rows = np.array([[float(np.asarray(face).flat[0])] for face in X])
+    rows[rows[:, 0] == 5] = np.nan
+    return rows
+
+
+def test_pipeline_members_share_their_feature_step_and_skip_nan_rows() -> None:
+    x = np.arange(40, dtype=float)[:, None]
+    gender = (x[:, 0] % 2).astype(int)
+
+    def pipeline(model, y):
+        return Pipeline([("features", FunctionTransformer(_features)),
+                         ("model", model.fit(x, y))])
+
+    members = {"classes": {"gender": pipeline(LogisticRegression(), gender)},
+               "ages": {"age": pipeline(LinearRegression(), 2 * x[:, 0])}}
+    FEATURE_CALLS.clear()
+    outputs = StackedFaceModel(members, batch_size=8).member_outputs(faces(range(16)))
+    assert FEATURE_CALLS == [8, 8]            # one extraction per batch for both members
+    assert np.isnan(outputs["classes"]["gender"][5]).all()
+    assert np.isnan(outputs["ages"]["age"][5])
+    np.testing.assert_allclose(outputs["ages"]["age"][[0, 1, 15]], [0.0, 2.0, 30.0], atol=1e-9)
+    assert outputs["classes"]["gender"].shape == (16, 2)
+    assert not np.isnan(np.delete(outputs["classes"]["gender"], 5, axis=0)).any()
