@@ -31,7 +31,7 @@ _FIGURES = ("accuracy", "f1_macro", "mae", "rmse", "within_5", "gap_ethnicity",
             "model_bytes", "n_train", "n_test", "test_faces_sha256")
 _HIGHER_IS_BETTER = {"accuracy", "f1_macro", "within_5", "predict_faces_per_s"}
 _COLOURS = {"svm": "tab:blue", "linear-svm": "tab:cyan", "xgboost": "tab:orange",
-            "cnn": "tab:green"}
+            "mlp": "tab:purple", "cnn": "tab:green"}
 
 
 def table_rows(pipelines: Sequence[ClassicalPipeline | CNNPipeline],

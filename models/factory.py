@@ -16,6 +16,7 @@ import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.compose import ColumnTransformer
 from sklearn.decomposition import PCA
+from sklearn.neural_network import MLPClassifier, MLPRegressor
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.utils.metaestimators import available_if
@@ -24,7 +25,10 @@ from sklearn.utils.validation import check_is_fitted
 from models.svm import make_svm
 from models.xgboost_models import make_xgboost
 
-MODELS = ("svm", "linear-svm", "xgboost")
+MODELS = ("svm", "linear-svm", "xgboost", "mlp")
+#: Settings of ``mlp`` that its parameters override.
+MLP_DEFAULTS = {"hidden_layer_sizes": (256,), "alpha": 1e-2, "early_stopping": True,
+                "max_iter": 500}
 
 
 def make_estimator(model: str, kind: str, *, n_jobs: int = 1, random_state: int = 0,
@@ -33,13 +37,15 @@ def make_estimator(model: str, kind: str, *, n_jobs: int = 1, random_state: int 
 
     Parameters
     ----------
-    model : {"svm", "linear-svm", "xgboost"}
-        RBF SVM (``SVC``/``SVR``), linear SVM (``LinearSVC``/``LinearSVR``) or
-        XGBoost (``XGBClassifier``/``XGBRegressor``).
+    model : {"svm", "linear-svm", "xgboost", "mlp"}
+        RBF SVM (``SVC``/``SVR``), linear SVM (``LinearSVC``/``LinearSVR``),
+        XGBoost (``XGBClassifier``/``XGBRegressor``) or a one-hidden-layer perceptron
+        (``MLPClassifier``/``MLPRegressor`` with :data:`MLP_DEFAULTS`; it holds out 10 %
+        of its training rows to stop early).
     kind : {"classifier", "regressor"}
         Class labels or age in years.
     n_jobs : int
-        Threads (XGBoost only; libsvm and liblinear use one).
+        Threads (XGBoost only; libsvm, liblinear and the perceptron's BLAS ignore it).
     random_state : int
         Seed.
     **params
@@ -51,6 +57,9 @@ def make_estimator(model: str, kind: str, *, n_jobs: int = 1, random_state: int 
         return make_svm(kind, "linear", random_state=random_state, **params)
     if model == "xgboost":
         return make_xgboost(kind, n_jobs=n_jobs, random_state=random_state, **params)
+    if model == "mlp":
+        settings = {**MLP_DEFAULTS, "random_state": random_state, **params}
+        return MLPClassifier(**settings) if kind == "classifier" else MLPRegressor(**settings)
     raise ValueError(f"unknown model {model!r}; choose from {MODELS}")
 
 

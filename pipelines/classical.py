@@ -68,6 +68,8 @@ SEARCH_GRIDS: dict[str, dict[str, list[dict[str, Any]]]] = {
                    "regressor": [{"C": c} for c in (0.01, 0.1, 1.0)]},
     "xgboost": {kind: [{"max_depth": d, "n_estimators": n} for d in (4, 6) for n in (300, 600)]
                 for kind in ("classifier", "regressor")},
+    "mlp": {kind: [{"alpha": a} for a in (1e-3, 1e-2, 1e-1)]
+            for kind in ("classifier", "regressor")},
 }
 _CHECKED_ROWS = 8
 
@@ -184,7 +186,7 @@ class TrainConfig:
     ----------
     features : tuple of FeatureSpec
         Feature blocks, concatenated.
-    model : {"svm", "linear-svm", "xgboost"}
+    model : {"svm", "linear-svm", "xgboost", "mlp"}
         Estimator family.
     tasks : tuple of str
         Tasks from :data:`pipelines.labels.TASKS`, each trained as its own model.
@@ -577,13 +579,15 @@ def versions() -> dict[str, str]:
 
 
 def save_results(out_dir: str | os.PathLike, results: Sequence[TaskResult],
-                 config: TrainConfig, split_info: dict[str, Any]) -> list[dict[str, Any]]:
+                 config: TrainConfig, split_info: dict[str, Any],
+                 command: str | None = None) -> list[dict[str, Any]]:
     """Write each task's model, model metadata, test metrics and plots into ``out_dir``.
 
     Files per task: ``<task>_model.joblib`` (the whole pipeline, ``joblib.dump``),
     ``<task>_model.json`` (metadata with the model file's SHA-256, checked by
     :func:`models.safety.load_model`), ``<task>_metrics.json`` and a PNG plot. Every
-    file is written atomically.
+    file is written atomically. ``command``, the command line that trained the models,
+    is recorded in the metadata when given.
 
     Returns
     -------
@@ -599,6 +603,7 @@ def save_results(out_dir: str | os.PathLike, results: Sequence[TaskResult],
             "format_version": 1,
             "package_version": installed[PACKAGE],
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "command": command,
             "task": result.task,
             "kind": task_kind(result.task),
             "label_names": list(names) if names else None,
@@ -632,7 +637,8 @@ def save_results(out_dir: str | os.PathLike, results: Sequence[TaskResult],
 def run_classical(data_dir: str | os.PathLike, config: TrainConfig, *,
                   split_path: str | os.PathLike, out_dir: str | os.PathLike,
                   cache_dir: str | os.PathLike | None = None, overwrite: bool = False,
-                  progress: bool = True, scheduler: str | None = None) -> dict[str, Any]:
+                  progress: bool = True, scheduler: str | None = None,
+                  command: str | None = None) -> dict[str, Any]:
     """The whole job: index and split the data, train, score on test, write results.
 
     Parameters
@@ -655,11 +661,13 @@ def run_classical(data_dir: str | os.PathLike, config: TrainConfig, *,
         Address of a Dask scheduler: extract the features and train XGBoost on its
         cluster (:mod:`pipelines.cluster`; the image folder must be readable at the
         same path from every worker). None runs on this machine without importing Dask.
+    command : str, optional
+        The command line of the run, recorded in the summary and model metadata.
 
     Returns
     -------
     dict
-        The content of ``summary.json``: ``rows`` (one per task), ``config``,
+        The content of ``summary.json``: ``rows`` (one per task), ``command``, ``config``,
         ``split``, ``data``, ``scheduler``, ``seconds`` and ``versions``.
 
     Raises
@@ -681,8 +689,9 @@ def run_classical(data_dir: str | os.PathLike, config: TrainConfig, *,
     with connect(scheduler) as client:
         results = train_tasks(parts, config, cache_dir=cache_dir, progress=progress,
                               client=client)
-    rows = save_results(out_dir, results, config, split_info)
-    summary = {"rows": rows, "config": config.describe(), "split": split_info,
+    rows = save_results(out_dir, results, config, split_info, command)
+    summary = {"rows": rows, "command": command, "config": config.describe(),
+               "split": split_info,
                "data": str(index.folder), "scheduler": scheduler,
                "seconds": round(time.perf_counter() - start, 1), "versions": versions()}
     atomic_write_json(out_dir / "summary.json", summary)

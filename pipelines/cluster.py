@@ -44,7 +44,7 @@ SCHEDULER_ENV = "DASK_SCHEDULER_ADDRESS"
 #: in one process while the cluster idles. Above it, XGBoost trains on the workers.
 SVM_CLUSTER_LIMIT = 50_000
 #: Models fitted in this process even when the run uses a cluster.
-SINGLE_MACHINE_MODELS = ("svm", "linear-svm")
+SINGLE_MACHINE_MODELS = ("svm", "linear-svm", "mlp")
 _INSTALL_HINT = 'pip install -e ".[distributed]"'
 
 

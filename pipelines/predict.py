@@ -1,6 +1,8 @@
 """Command line and functions: age, gender and ethnicity of the faces in new photos.
 
-Run ``python -m pipelines.predict MODEL IMAGE_OR_FOLDER... [--out results.csv]``.
+Run ``python -m pipelines.predict [MODEL] IMAGE_OR_FOLDER... [--out results.csv]``;
+without a model, the small model shipped with the package (:func:`bundled_model`:
+dlib's face descriptors into light heads) predicts.
 
 Models
     ``MODEL`` is what :mod:`pipelines.run` or :mod:`pipelines.cnn_training` wrote: a run
@@ -34,7 +36,9 @@ Bad files
     (decompression bomb) files, photos without a face, and **animated or multi-frame
     images (GIF, WebP, APNG, multi-page TIFF), which are refused** rather than judged
     from an arbitrary frame, each give a warning and one record with an ``error``; the
-    run goes on. (A camera's multi-picture MPO JPEG is read as its primary image.)
+    run goes on. A face that a descriptor model's dlib check finds no face in (a false
+    detection, a blank crop) gets a record with its box and an ``error`` instead of
+    that model's predictions. (A camera's multi-picture MPO JPEG is read as its primary image.)
 
 Batching
     A face's prediction never depends on the other faces of a run, and is bit for bit
@@ -65,6 +69,7 @@ import logging
 import os
 import sys
 from contextlib import contextmanager
+from importlib import resources
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Protocol, Sequence, TextIO
@@ -93,6 +98,8 @@ FACE_COLUMNS: tuple[str, ...] = ("file", "face", "top", "left", "height", "width
 DEFAULT_BATCH_SIZE = 32
 #: The stacked model of a ``pipelines.run --model stack`` run folder.
 STACK_FILE = "stack_model.joblib"
+#: Package data folder (in ``pipelines``) of the bundled model: a run folder.
+BUNDLED_MODEL_DIR = "pretrained"
 
 
 class ModelError(Exception):
@@ -138,13 +145,19 @@ class ClassicalTask:
                    np.asarray(pipeline.classes_) if has_proba else None)
 
     def outputs(self, features: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        """Predictions and class probabilities (columns in code order) of feature rows."""
-        rows = [features[i:i + 1] for i in range(len(features))]
-        values = np.concatenate([self.learnt.predict(row) for row in rows])
-        if self.classes is None:
-            return values, None
-        proba = np.zeros((len(rows), len(class_names(self.task))))
-        proba[:, self.classes] = np.concatenate([self.learnt.predict_proba(row) for row in rows])
+        """Predictions and class probabilities (columns in code order) of feature rows.
+
+        A row with NaN features (a face the descriptor model does not find) gets NaN.
+        """
+        found = ~np.isnan(features).any(axis=1)
+        values = np.full(len(features), np.nan)
+        proba = (np.full((len(features), len(class_names(self.task))), np.nan)
+                 if self.classes is not None else None)
+        for i in np.flatnonzero(found):
+            values[i] = self.learnt.predict(features[i:i + 1])[0]
+            if proba is not None:
+                proba[i] = 0.0
+                proba[i, self.classes] = self.learnt.predict_proba(features[i:i + 1])[0]
         return values, proba
 
 
@@ -236,10 +249,14 @@ class FacePredictor:
 def _fields(outputs: dict[str, tuple], row: int) -> dict[str, Any]:
     """One face's record values from per-task (predictions, probabilities) arrays."""
     fields: dict[str, Any] = {}
+    unjudged = []
     for task in TASKS:
         if task not in outputs:
             continue
         values, proba = outputs[task]
+        if np.isnan(values[row]):
+            unjudged.append(task)
+            continue
         if task == "age":
             age = max(float(values[row]), 0.0)
             fields.update(age=age, age_group=AGE_GROUP_NAMES[int(age_group(age))])
@@ -248,6 +265,9 @@ def _fields(outputs: dict[str, tuple], row: int) -> dict[str, Any]:
         fields[task] = names[int(values[row])]
         if proba is not None:
             fields.update({f"p_{task}_{name}": float(p) for name, p in zip(names, proba[row])})
+    if unjudged:
+        fields["error"] = (f"the face descriptor finds no face in this crop: no "
+                           f"{', '.join(unjudged)} prediction")
     return fields
 
 
@@ -326,6 +346,25 @@ def load_model_file(path: str | os.PathLike,
     raise ModelError(f"{path}: not a model file (expected .joblib or .keras)")
 
 
+def bundled_model() -> Path:
+    """The run folder of the small model shipped with the package (package data).
+
+    Raises
+    ------
+    ModelError
+        If the installed package lacks it.
+    """
+    folder = Path(str(resources.files("pipelines") / BUNDLED_MODEL_DIR))
+    if not folder.is_dir():
+        raise ModelError(f"the bundled model is missing from the installed package "
+                         f"({folder}); reinstall it, or give a model")
+    return folder
+
+
+def _run_folder_files() -> list[str]:
+    return [STACK_FILE, *(f"{task}_model.joblib" for task in TASKS), CNN_MODEL_FILE]
+
+
 def model_files(path: str | os.PathLike) -> list[Path]:
     """The model files of a run folder (stack, classical per task, CNN), or ``[path]``.
 
@@ -336,9 +375,7 @@ def model_files(path: str | os.PathLike) -> list[Path]:
     """
     path = Path(path)
     if path.is_dir():
-        found = ([path / STACK_FILE] + [path / f"{task}_model.joblib" for task in TASKS]
-                 + [path / CNN_MODEL_FILE])
-        found = [file for file in found if file.is_file()]
+        found = [path / name for name in _run_folder_files() if (path / name).is_file()]
         if not found:
             raise ModelError(f"{path} holds no model: expected <task>_model.joblib files "
                              f"(pipelines.run), {CNN_MODEL_FILE} (a CNN run) or "
@@ -680,12 +717,16 @@ def build_parser() -> argparse.ArgumentParser:
                "then). Loading a .joblib model runs code from it: use only models you "
                "trust; its SHA-256 is checked against the metadata JSON beside it. "
                "Example: python -m pipelines.predict runs/classical photos/ --out faces.csv")
-    parser.add_argument("model", type=Path,
-                        help="run folder (<task>_model.joblib files and/or a CNN model.keras) "
-                             "or one model file (.joblib with its metadata .json, or .keras)")
-    parser.add_argument("inputs", nargs="+", type=Path, metavar="IMAGE_OR_FOLDER",
-                        help="photos, or folders searched recursively for "
+    parser.add_argument("inputs", nargs="+", type=Path, metavar="[MODEL] IMAGE_OR_FOLDER",
+                        help="an optional model first (as --model), then photos, or folders "
+                             "searched recursively for "
                              f"{', '.join(PHOTO_EXTENSIONS)} files")
+    parser.add_argument("--model", type=Path, default=None,
+                        help="run folder (<task>_model.joblib files, a CNN model.keras or a "
+                             "stack_model.joblib) or one model file (.joblib with its "
+                             "metadata .json, or .keras); default: the first argument when it "
+                             "is one, else the small model bundled with the package "
+                             "(descriptors + light heads)")
     parser.add_argument("--out", type=Path, default=None,
                         help="results file, written as it goes: .csv, .jsonl (JSON Lines, one "
                              "object per face) or .json (one array); without it a table is "
@@ -703,6 +744,28 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--quiet", action="store_true",
                         help="no progress bar, warnings only")
     return parser
+
+
+def is_model_path(path: Path) -> bool:
+    """Whether ``path`` names a model: a ``.joblib``/``.keras`` path (existing or not,
+    so that a missing model is reported as one) or a run folder."""
+    if path.suffix in (".joblib", ".keras"):
+        return True
+    return path.is_dir() and any((path / name).is_file() for name in _run_folder_files())
+
+
+def _model_and_inputs(parser: argparse.ArgumentParser,
+                      args: argparse.Namespace) -> tuple[Path, list[Path]]:
+    """The model (``--model``, a leading model argument, or the bundled one) and photos."""
+    inputs = list(args.inputs)
+    if args.model is not None:
+        return args.model, inputs
+    if is_model_path(inputs[0]):
+        if len(inputs) == 1:
+            parser.error(f"{inputs[0]} is a model: give the photos to predict after it")
+        return inputs[0], inputs[1:]
+    logger.info("no model given: using the bundled model %s", bundled_model())
+    return bundled_model(), inputs
 
 
 def _check_out(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
@@ -737,11 +800,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     _check_out(parser, args)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
+    model, inputs = _model_and_inputs(parser, args)
     try:
-        paths = find_photos(args.inputs)
+        paths = find_photos(inputs)
         if not paths:
-            raise FileNotFoundError(f"no image files in {', '.join(map(str, args.inputs))}")
-        predictor = load_predictor(args.model, allow_other_version=args.allow_other_version,
+            raise FileNotFoundError(f"no image files in {', '.join(map(str, inputs))}")
+        predictor = load_predictor(model, allow_other_version=args.allow_other_version,
                                    batch_size=args.batch_size)
     except (ModelError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)

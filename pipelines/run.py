@@ -12,6 +12,7 @@ import argparse
 import json
 import logging
 import os
+import shlex
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -60,6 +61,12 @@ def parse_cli_args(parser: argparse.ArgumentParser,
     return args
 
 
+def command_line(argv: Sequence[str] | None) -> str:
+    """The shell command of a run with arguments ``argv`` (default: this process's)."""
+    return shlex.join(["python", "-m", "pipelines.run",
+                       *(sys.argv[1:] if argv is None else argv)])
+
+
 def parse_member(text: str) -> tuple[str, Path]:
     """Parse a ``--members`` entry, ``NAME=RUN_FOLDER`` or ``RUN_FOLDER`` (named after it)."""
     name, separator, folder = text.partition("=")
@@ -106,7 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
                              f"Default: {defaults}")
     parser.add_argument("--model", choices=(*MODELS, "cnn", "stack"), default="svm",
                         help="svm: RBF-kernel SVC/SVR; linear-svm: LinearSVC/LinearSVR (fast); "
-                             "xgboost: XGBClassifier/XGBRegressor; cnn: a network (options "
+                             "xgboost: XGBClassifier/XGBRegressor; mlp: MLPClassifier/"
+                             "MLPRegressor, one hidden layer of 256; cnn: a network (options "
                              "below); stack: one model combining trained runs (--members) "
                              "(default: svm)")
     parser.add_argument("--tasks", nargs="+", choices=[*TASKS, "all"], default=["all"],
@@ -279,7 +287,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                 split_path=args.split, out_dir=args.out,
                                 cache_dir=None if args.no_cache else args.cache_dir,
                                 overwrite=args.overwrite, progress=not args.quiet,
-                                scheduler=scheduler)
+                                scheduler=scheduler, command=command_line(argv))
     except (OutputExistsError, FileNotFoundError, NotADirectoryError, ValueError,
             ClusterError, ImportError, ModelError) as error:
         print(f"error: {error}", file=sys.stderr)

@@ -55,6 +55,14 @@ def test_svm_parameters() -> None:
     assert type(make_svm("regressor", "linear").regressor).__name__ == "LinearSVR"
 
 
+def test_mlp_defaults_and_overrides() -> None:
+    classifier = make_estimator("mlp", "classifier", alpha=0.1, random_state=3)
+    assert (classifier.hidden_layer_sizes, classifier.alpha, classifier.random_state) == \
+        ((256,), 0.1, 3)
+    assert classifier.early_stopping
+    assert type(make_estimator("mlp", "regressor")).__name__ == "MLPRegressor"
+
+
 def test_encoded_classifier_handles_missing_classes(data) -> None:
     X, classes, _ = data
     labels = np.where(classes == 0, 3, classes + 5)           # labels 3, 6, 7: not 0..K-1

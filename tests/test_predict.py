@@ -25,6 +25,7 @@ from pipelines.labels import AGE_GROUP_NAMES, ETHNICITY_NAMES, GENDER_NAMES, age
 from pipelines.predict import (FACE_COLUMNS, find_photos, load_predictor, main, open_writer,
                                predict_photos)
 from pipelines.reports import save_artifact
+from pipelines.splits import Split
 from tests.conftest import link_faces
 
 DATA = default_data_dir()
@@ -299,7 +300,11 @@ def test_other_version_can_be_allowed(run: Path, photo: Path, tmp_path: Path,
 
 def test_usage_errors(run: Path, photo: Path, tmp_path: Path, capsys) -> None:
     assert main([str(run), str(tmp_path / "missing.jpg")]) == 2
-    assert main([str(tmp_path), str(photo)]) == 2        # a folder without models
+    assert main(["--model", str(tmp_path), str(photo)]) == 2   # a folder without models
+    with pytest.raises(SystemExit) as stop:
+        main([str(run)])                                      # a model and no photos
+    assert stop.value.code == 2
+    assert "give the photos to predict after it" in capsys.readouterr().err
     (tmp_path / "empty").mkdir()
     assert main([str(run), str(tmp_path / "empty")]) == 2
     existing = tmp_path / "old.csv"
@@ -353,3 +358,69 @@ def test_cnn_run_folder(face_paths, tmp_path: Path) -> None:
     (tmp_path / "model.keras").write_bytes(b"PK\x03\x04 truncated")
     with pytest.raises(predict.ModelError, match="corrupt"):
         load_predictor(tmp_path)
+
+
+# --- the bundled model -----------------------------------------------------------------------
+
+
+def test_model_given_first_or_as_option_gives_the_same_rows(run: Path, face_paths,
+                                                              tmp_path: Path) -> None:
+    first, option = tmp_path / "first.csv", tmp_path / "option.csv"
+    assert main([str(run), *face_paths[:2], "--no-detect", "--out", str(first)]) == 0
+    assert main(["--model", str(run), *face_paths[:2], "--no-detect", "--out",
+                 str(option)]) == 0
+    assert read_csv(first) == read_csv(option)
+    assert predict.is_model_path(run) and predict.is_model_path(run / "gender_model.joblib")
+    assert not predict.is_model_path(Path(face_paths[0]))
+    assert not predict.is_model_path(Path(face_paths[0]).parent)
+
+
+def test_bundled_model_is_small_and_records_how_it_was_trained() -> None:
+    folder = predict.bundled_model()
+    assert sum(file.stat().st_size for file in folder.iterdir()) <= 5 * 2 ** 20
+    split = Split.load(REPO / "splits" / "utkface.json")
+    for task in ("gender", "ethnicity", "age"):
+        metadata = json.loads((folder / f"{task}_model.json").read_text())
+        assert metadata["command"].startswith("python -m pipelines.run ")
+        assert "--out pipelines/pretrained" in metadata["command"]
+        assert metadata["split"]["sha256"] == split.sha256
+        assert metadata["package_version"] == versions()["utkface-toolkit"]
+        assert set(metadata["test"]) >= ({"mae"} if task == "age" else {"accuracy"})
+    predictor = load_predictor(folder)
+    assert predictor.tasks == ("gender", "ethnicity", "age")
+
+
+def test_bundled_model_predicts_a_photo_and_a_face_with_no_model_given(face_paths,
+                                                                        tmp_path: Path) -> None:
+    from skimage import data
+
+    photo = tmp_path / "astronaut.png"
+    Image.fromarray(data.astronaut()).save(photo)
+    out = tmp_path / "rows.csv"
+    result = subprocess.run(
+        [sys.executable, "-m", "pipelines.predict", str(photo), "--out", str(out)],
+        capture_output=True, text=True, cwd=REPO)
+    assert result.returncode == 0, result.stderr
+    assert "using the bundled model" in result.stderr
+    row, *others = read_csv(out)
+    # the astronaut's face, at rows 65-163 and columns 175-273 of the photo
+    assert abs(int(row["top"]) - 65) < 20 and abs(int(row["left"]) - 175) < 20
+    assert row["gender"] == "female" and row["error"] == ""
+    assert 20 <= float(row["age"]) <= 60
+    # a box on her suit is no face to dlib: an error row, no predictions
+    assert all("finds no face" in other["error"] and other["gender"] == "" for other in others)
+    assert main([face_paths[5], "--no-detect", "--out", str(tmp_path / "face.csv")]) == 0
+    (row,) = read_csv(tmp_path / "face.csv")
+    assert row["gender"] in GENDER_NAMES and row["ethnicity"] in ETHNICITY_NAMES
+
+
+def test_a_crop_without_a_face_gets_an_error_row_from_a_descriptor_model(face_paths,
+                                                                          tmp_path: Path) -> None:
+    blank = tmp_path / "blank.png"
+    Image.new("RGB", (200, 200), (128, 128, 128)).save(blank)
+    out = tmp_path / "rows.csv"
+    assert main([str(blank), face_paths[3], "--no-detect", "--out", str(out)]) == 1
+    blank_row, face_row = read_csv(out)
+    assert "finds no face in this crop" in blank_row["error"]
+    assert blank_row["gender"] == blank_row["age"] == ""
+    assert face_row["error"] == "" and face_row["gender"] in GENDER_NAMES
