@@ -16,16 +16,14 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
 import joblib
 import numpy as np
 
-from models import cnn
-from models.safety import file_sha256
-from models.stack import StackedFaceModel, member_tasks
+from models.safety import file_sha256, read_metadata
+from models.stack import StackedFaceModel, is_multitask, member_tasks
 from pipelines.classical import PACKAGE, versions
-from pipelines.cnn_training import MODEL_FILE as CNN_MODEL_FILE
 from pipelines.cnn_training import SUMMARY_FILE as CNN_SUMMARY_FILE
 from pipelines.dataset import DatasetIndex, index_folder
 from pipelines.metrics import evaluate_task, headline
@@ -100,21 +98,25 @@ def load_member(folder: str | os.PathLike) -> tuple[Any, str]:
     folder = Path(folder)
     if not folder.is_dir():
         raise ModelError(f"no run folder at {folder}")
-    files = [file for file in model_files(folder) if file.name != STACK_FILE]
+    models: dict[str, Any] = {}
     digest = hashlib.sha256()
-    if folder / CNN_MODEL_FILE in files:
-        path = folder / CNN_MODEL_FILE
-        digest.update(_checked_keras(path).encode())
-        return next(iter(load_model_file(path).values())), digest.hexdigest()
-    member = {}
-    for file in files:
-        for task, model in load_model_file(file).items():
-            if task in STACK_TASKS:
-                member[task] = model
-                digest.update(file_sha256(file).encode())
-    if not member:
+    for file in model_files(folder):
+        loaded = {task: model for task, model in load_model_file(file).items()
+                  if task in STACK_TASKS and task not in models}
+        if loaded:
+            # a .joblib's SHA-256 was checked against its metadata by load_model_file
+            digest.update((_checked_keras(file) if file.suffix == ".keras"
+                           else read_metadata(file)["sha256"]).encode())
+            models.update(loaded)
+    if not models:
         raise ModelError(f"{folder} predicts none of {STACK_TASKS}")
-    return member, digest.hexdigest()
+    networks = {id(model): model for model in models.values() if is_multitask(model)}
+    if not networks:
+        return models, digest.hexdigest()
+    if len(networks) > 1 or len(set(map(id, models.values()))) > 1:
+        raise ModelError(f"{folder} holds several models (a CNN or stack and others): give "
+                         f"each as its own member")
+    return next(iter(networks.values())), digest.hexdigest()
 
 
 def _outputs_path(cache_dir: Path, name: str, member_sha: str, faces: DatasetIndex) -> Path:
