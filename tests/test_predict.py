@@ -396,12 +396,15 @@ def test_bundled_model_predicts_a_photo_and_a_face_with_no_model_given(face_path
 
     photo = tmp_path / "astronaut.png"
     Image.fromarray(data.astronaut()).save(photo)
-    out = tmp_path / "rows.csv"
-    result = subprocess.run(
-        [sys.executable, "-m", "pipelines.predict", str(photo), "--out", str(out)],
-        capture_output=True, text=True, cwd=REPO)
+    result = subprocess.run([sys.executable, "-m", "pipelines.predict", str(photo)],
+                            capture_output=True, text=True, cwd=REPO)
     assert result.returncode == 0, result.stderr
     assert "using the bundled model" in result.stderr
+    header, printed, *_ = result.stdout.splitlines()
+    assert header.split()[:4] == ["file", "face", "box", "gender"]
+    assert printed.split()[:2] == [str(photo), "0"] and printed.split()[3] == "female"
+    out = tmp_path / "rows.csv"
+    assert main([str(photo), "--out", str(out), "--quiet"]) == 0
     row, *others = read_csv(out)
     # the astronaut's face, at rows 65-163 and columns 175-273 of the photo
     assert abs(int(row["top"]) - 65) < 20 and abs(int(row["left"]) - 175) < 20
