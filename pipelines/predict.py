@@ -38,7 +38,8 @@ Bad files
     from an arbitrary frame, each give a warning and one record with an ``error``; the
     run goes on. A face that a descriptor model's dlib check finds no face in (a false
     detection, a blank crop) gets a record with its box and an ``error`` instead of
-    that model's predictions. (A camera's multi-picture MPO JPEG is read as its primary image.)
+    that model's predictions. (A camera's multi-picture MPO JPEG is read as its primary
+    image.)
 
 Batching
     A face's prediction never depends on the other faces of a run, and is bit for bit
@@ -69,8 +70,8 @@ import logging
 import os
 import sys
 from contextlib import contextmanager
-from importlib import resources
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 from typing import Any, Iterator, Protocol, Sequence, TextIO
 
@@ -764,8 +765,9 @@ def _model_and_inputs(parser: argparse.ArgumentParser,
         if len(inputs) == 1:
             parser.error(f"{inputs[0]} is a model: give the photos to predict after it")
         return inputs[0], inputs[1:]
-    logger.info("no model given: using the bundled model %s", bundled_model())
-    return bundled_model(), inputs
+    model = bundled_model()
+    logger.info("no model given: using the bundled model %s", model)
+    return model, inputs
 
 
 def _check_out(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
@@ -800,8 +802,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     _check_out(parser, args)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
-    model, inputs = _model_and_inputs(parser, args)
     try:
+        model, inputs = _model_and_inputs(parser, args)
         paths = find_photos(inputs)
         if not paths:
             raise FileNotFoundError(f"no image files in {', '.join(map(str, inputs))}")

@@ -223,6 +223,12 @@ def _train_members(args: argparse.Namespace) -> dict[str, Path] | int:
 
 def _run_stack(args: argparse.Namespace) -> int:
     """``--model stack``: train missing members, fit the combiners, print every figure."""
+    names = [name for name, _ in args.members or ()]
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        print(f"error: --members named {', '.join(repeated)} more than once; name them with "
+              f"NAME=RUN_FOLDER", file=sys.stderr)
+        return 2
     folders = dict(args.members) if args.members else _train_members(args)
     if isinstance(folders, int):
         return folders

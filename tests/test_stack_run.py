@@ -128,6 +128,8 @@ def test_an_altered_or_missing_member_is_refused_before_any_output(root, tmp_pat
     assert not out.exists()
     assert main(stack_args(root, out, str(tmp_path / "nowhere"))) == 2
     assert "no run folder at" in capsys.readouterr().err
+    assert main(stack_args(root, out, f"gray={root / 'gray'}", f"gray={root / 'colour'}")) == 2
+    assert "--members named gray more than once" in capsys.readouterr().err
     network = tmp_path / "network"
     network.mkdir()
     (network / "model.keras").write_bytes((root / "cnn" / "model.keras").read_bytes())
