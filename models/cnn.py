@@ -34,11 +34,8 @@ Architectures (:data:`ARCHITECTURES`):
     then three stages, each a 2x2 max-pooling and two Conv3x3-BatchNorm-ReLU blocks,
     with 64, 128 and 256 channels (at 16x16, 8x8 and 4x4), global average pooling and
     dropout 0.2; per task a Dense-128 + Dropout-0.3 head. About 1.26 M weights and
-    0.04 GMAC per 128x128 face. Halving the resolution made a training step about 3x
-    faster here (151 against 51 training faces/s on 2 CPU cores, augmentation
-    included), so the same hour affords 30 epochs instead of 12 (now 45, with the
-    cheaper augmentation of :func:`augment_batch`); the network at full resolution had
-    its best validation loss at epoch 11 of 12 (2026-11-28).
+    0.04 GMAC per 128x128 face; working at half the resolution makes a training step
+    about 3x faster than at full resolution (docs/experiment-log.md).
 ``seed_baseline``
     The reference notebook's network, kept for comparison: Conv 32-64-128-256 (3x3,
     ReLU, valid padding), each followed by 2x2 max-pooling, Flatten, then per task Dense
@@ -863,12 +860,9 @@ class CNNPredictor:
     of its size up, down, left and right (edges mirrored, as in the training
     augmentation) and zoomed in by as much at each border; with ``mirror``, each of
     these and its mirror image. Training distorts faces in these ways at random, so
-    every view is a face like those the network learnt from. On the validation split
-    of the shared split, the default network of 2026-12-02 (45 epochs) scored gender
-    0.924, ethnicity 0.851 and age MAE 5.74 with the 12 views against 0.919 / 0.841 /
-    6.11 with the face alone; the 30-epoch network before it 0.918 / 0.847 / 5.91
-    against 0.916 / 0.842 / 6.07 with the face and its mirror image only, and 0.911 /
-    0.836 / 6.21 with the face alone.
+    every view is a face like those the network learnt from; on the validation split
+    the 12 views score better than the face alone on every task (figures in
+    docs/experiment-log.md).
 
     A ``face-resnet`` network (:mod:`models.face_model`) takes aligned chips: faces are
     read at 200x200 RGB and aligned by dlib (:func:`features.embeddings.face_chips`,

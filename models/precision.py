@@ -4,10 +4,9 @@ Keras' ``mixed_bfloat16`` policy keeps every weight in float32 but computes the 
 bfloat16, which GPUs and processors with bfloat16 instructions (x86 AVX512-BF16 or
 AMX-BF16, used by TensorFlow through oneDNN) run faster; elsewhere it is emulated and
 slower than float32. bfloat16 keeps float32's exponent range, so no loss scaling is
-needed. On a 2-core AMD EPYC with AVX512-BF16 (2026-12-04) a training step of the default
-network ran 1.66x faster than in float32 on synthetic batches, but whole epochs only
-1.05-1.3x faster (augmentation and validation do not speed up), and one full run scored a
-little lower on validation ethnicity, so float32 stays the default (see the README).
+needed. On a CPU with AVX512-BF16 a training step of the default network runs faster
+than in float32, but whole epochs gain much less (augmentation and validation do not
+speed up), so float32 stays the default (measurements in docs/experiment-log.md).
 
 A network trains in the chosen precision and is saved in float32 (:func:`set_precision`),
 so a saved model predicts the same way on any machine.

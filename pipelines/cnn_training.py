@@ -256,10 +256,7 @@ def train_cnn(data_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
         Input colour; grayscale for a new network, the saved one's otherwise.
     epochs : int, optional
         Maximum epochs (early stopping may end sooner); 45 (``FACE_EPOCHS`` for a
-        ``face-resnet`` network). The default network with its
-        default distillation took 21 min 34 s on a 2-core CPU with AVX-512 (2026-12-05,
-        37 epochs run, 455 training faces/s), plus 706 s for the teacher's descriptors
-        the first time.
+        ``face-resnet`` network).
     batch_size : int
         Faces per step.
     learning_rate : float, optional
