@@ -29,7 +29,8 @@ from pipelines.cluster import SCHEDULER_ENV, SVM_CLUSTER_LIMIT, ClusterError, sc
 from pipelines.dataset import default_data_dir
 from pipelines.labels import TASKS
 from pipelines.predict import ModelError
-from pipelines.reports import OutputExistsError, format_summary_table, result_row
+from pipelines.reports import (OutputExistsError, format_summary_table, prepare_output_dir,
+                               result_row)
 from pipelines.stacking import DEFAULT_MEMBERS, MEMBERS_DIR, has_model, run_stack
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -203,6 +204,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _train_members(args: argparse.Namespace) -> dict[str, Path] | int:
     """The default members' run folders, training those that hold no model yet."""
+    # refuse a folder of other results now, not after an hour of training the members
+    prepare_output_dir(args.out, args.overwrite, keep=(MEMBERS_DIR,))
     folders = {name: args.out / MEMBERS_DIR / name for name in DEFAULT_MEMBERS}
     shared = ["--split", str(args.split), "--cache-dir", str(args.cache_dir),
               "--n-jobs", str(args.n_jobs), "--seed", str(args.seed)]

@@ -130,6 +130,13 @@ def test_an_altered_or_missing_member_is_refused_before_any_output(root, tmp_pat
     assert "no run folder at" in capsys.readouterr().err
     assert main(stack_args(root, out, f"gray={root / 'gray'}", f"gray={root / 'colour'}")) == 2
     assert "--members named gray more than once" in capsys.readouterr().err
+    taken = tmp_path / "taken"
+    taken.mkdir()
+    (taken / "notes.txt").write_text("keep")
+    default_members = [arg for arg in stack_args(root, taken) if arg != "--members"]
+    assert main(default_members) == 2       # checked before any default member is trained
+    assert "already holds results" in capsys.readouterr().err
+    assert sorted(path.name for path in taken.iterdir()) == ["notes.txt"]
     network = tmp_path / "network"
     network.mkdir()
     (network / "model.keras").write_bytes((root / "cnn" / "model.keras").read_bytes())
