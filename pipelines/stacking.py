@@ -30,6 +30,7 @@ from pipelines.metrics import evaluate_task, headline
 from pipelines.predict import STACK_FILE, ModelError, load_model_file, model_files
 from pipelines.reports import (atomic_path, atomic_write_json, prepare_output_dir, result_row,
                                save_artifact, write_task_report)
+from pipelines.significance import bootstrap_interval, compare, face_scores
 from pipelines.splits import load_or_create_split, names_sha256
 
 logger = logging.getLogger(__name__)
@@ -169,23 +170,61 @@ def member_outputs(members: Mapping[str, tuple[Any, str]], faces: DatasetIndex, 
     return {name: found[name] for name in members}
 
 
-def _member_score(task: str, outputs: np.ndarray, labels: np.ndarray) -> dict[str, float]:
-    """A member's headline on the faces it judged (rows without NaN)."""
-    judged = ~np.isnan(outputs.reshape(len(outputs), -1)).any(axis=1)
-    if task == "age":
-        return {"mae": float(np.mean(np.abs(outputs[judged] - labels[judged])))}
-    return {"accuracy": float(np.mean(np.argmax(outputs[judged], axis=1) == labels[judged]))}
+def _judged(outputs: np.ndarray) -> np.ndarray:
+    """Rows a member judged (no NaN)."""
+    return ~np.isnan(outputs.reshape(len(outputs), -1)).any(axis=1)
 
 
 def _predictions(task: str, outputs: np.ndarray) -> np.ndarray:
     return outputs if task == "age" else np.argmax(outputs, axis=1)
 
 
-def _evaluate(task: str, predicted: np.ndarray, faces: DatasetIndex,
-              rows: np.ndarray | slice = slice(None)) -> dict[str, Any]:
-    return evaluate_task(task, faces.labels(task)[rows], predicted[rows],
-                         gender=faces.gender[rows], ethnicity=faces.ethnicity[rows],
-                         age=faces.age[rows])
+def _figure(task: str, y_true: np.ndarray, predicted: np.ndarray) -> dict[str, float]:
+    """Accuracy or MAE with its bootstrap interval."""
+    scores = face_scores(task, y_true, predicted)
+    key = "mae" if task == "age" else "accuracy"
+    return {key: float(scores.mean()), "ci95": list(bootstrap_interval(scores))}
+
+
+def score_task(task: str, stack_outputs: np.ndarray,
+               member_outputs: Mapping[str, Mapping[str, np.ndarray]],
+               faces: DatasetIndex) -> dict[str, dict[str, Any]]:
+    """The stack's and each member's figure on ``faces``, and the stack against each member.
+
+    A member is scored on the faces it judged, and compared with the stack on those.
+
+    Returns
+    -------
+    dict
+        ``"stack"`` -> figure with ``ci95``; member name -> figure with ``ci95`` and
+        ``vs_stack`` (:func:`pipelines.significance.compare`, the stack as model A).
+    """
+    y_true = faces.labels(task)
+    stack = _predictions(task, stack_outputs)
+    scores = {"stack": _figure(task, y_true, stack)}
+    for name, outputs in member_outputs.items():
+        judged = _judged(outputs[task])
+        member = _predictions(task, outputs[task][judged])
+        scores[name] = {**_figure(task, y_true[judged], member),
+                        "vs_stack": compare(task, y_true[judged], stack[judged], member)}
+    return scores
+
+
+def _table_row(task: str, model: str, validation: Mapping[str, float],
+               test: Mapping[str, Any], n_train: int | None = None) -> dict[str, Any]:
+    """A summary-table row with the test interval and, for a member, the paired test."""
+    row = result_row(task, model, n_train, validation, test)
+    low, high = test["ci95"]
+    row["test_95ci"] = f"{low:.3f}-{high:.3f}"
+    versus = test.get("vs_stack")
+    if versus is None:
+        row["stack_vs_member"] = "-"
+    elif "p_mcnemar" in versus:
+        row["stack_vs_member"] = f"{versus['difference']:+.3f} (p={versus['p_mcnemar']:.2g})"
+    else:
+        low, high = versus["difference_ci95"]
+        row["stack_vs_member"] = f"{versus['difference']:+.3f} [{low:+.3f}, {high:+.3f}]"
+    return row
 
 
 def run_stack(data_dir: str | os.PathLike, member_dirs: Mapping[str, str | os.PathLike], *,
@@ -240,19 +279,21 @@ def run_stack(data_dir: str | os.PathLike, member_dirs: Mapping[str, str | os.Pa
     combined = stack.combine(outputs["test"])
     rows, test_figures = [], {}
     for task in stack.tasks_:
+        used = {name: outputs["test"][name] for name in stack.inputs_[task]}
+        scores = score_task(task, combined[task], used, test)
         for name in stack.inputs_[task]:
-            figures = _member_score(task, outputs["test"][name][task], test.labels(task))
-            validation = _member_score(task, outputs["val"][name][task], val.labels(task))
-            test_figures.setdefault(name, {})[task] = figures
-            rows.append(result_row(task, name, None, validation, figures))
+            judged = _judged(outputs["val"][name][task])
+            validation = _figure(task, val.labels(task)[judged],
+                                 _predictions(task, outputs["val"][name][task][judged]))
+            rows.append(_table_row(task, name, validation, scores[name]))
         predicted = _predictions(task, combined[task])
-        metrics = _evaluate(task, predicted, test)
+        metrics = evaluate_task(task, test.labels(task), predicted, gender=test.gender,
+                                ethnicity=test.ethnicity, age=test.age)
         write_task_report(out, task, metrics, test.labels(task), predicted)
-        scores = stack.cv_scores_[task]
-        test_figures.setdefault("stack", {})[task] = headline(task, metrics)
-        rows.append(result_row(task, "stack", len(val),
-                               {scores["metric"]: scores["combiners"][scores["kept"]]},
-                               headline(task, metrics)))
+        kept = stack.cv_scores_[task]
+        rows.append(_table_row(task, "stack", {kept["metric"]: kept["combiners"][kept["kept"]]},
+                               {**headline(task, metrics), **scores["stack"]}, len(val)))
+        test_figures[task] = scores
     split_info = {"manifest": str(Path(split_path).resolve()), "sha256": split.sha256,
                   **{part: len(faces) for part, faces in parts.items()}}
     fitted_on = {"part": "val", "n": len(val), "faces_sha256": names_sha256(val.file_names)}
