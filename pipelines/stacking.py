@@ -257,7 +257,8 @@ def run_stack(data_dir: str | os.PathLike, member_dirs: Mapping[str, str | os.Pa
     -------
     dict
         The content of ``summary.json``: ``rows`` (per task, each member and the stack),
-        ``members``, ``combiners``, ``fitted_on``, ``split``, ``seconds``, ``versions``.
+        ``members``, ``combiners``, ``fitted_on``, ``split``, ``test`` (per task,
+        :func:`score_task` on the test faces), ``seconds``, ``versions``.
 
     Raises
     ------

@@ -88,6 +88,14 @@ def test_the_combiners_see_validation_faces_only(root, stacked) -> None:
     models = {(row["task"], row["model"]) for row in summary["rows"]}
     assert models == {(task, name) for task in stacking.STACK_TASKS
                       for name in ("gray", "rgb", "net", "stack")}
+    gender, age = summary["test"]["gender"], summary["test"]["age"]
+    low, high = gender["stack"]["ci95"]
+    assert low <= gender["stack"]["accuracy"] <= high
+    assert 0 <= gender["gray"]["vs_stack"]["p_mcnemar"] <= 1
+    assert gender["gray"]["vs_stack"]["difference"] == pytest.approx(
+        gender["stack"]["accuracy"] - gender["gray"]["accuracy"])
+    low, high = age["net"]["vs_stack"]["difference_ci95"]
+    assert low <= age["net"]["vs_stack"]["difference"] <= high
 
 
 def test_the_saved_stack_predicts_alone_and_through_predict(root, stacked, tmp_path) -> None:
