@@ -4,7 +4,8 @@
 runs of :data:`DEFAULT_MEMBERS` that are missing, then calls :func:`run_stack`: every
 member judges the validation and test faces (outputs cached per member file and face
 set), a :class:`models.stack.StackedFaceModel` fits its combiners on the **validation**
-faces only, members and stack are scored on the test faces, and the stack is saved as
+faces only, members and stack are scored on the test faces (95 % bootstrap intervals,
+and the stack against each member: :mod:`pipelines.significance`), and the stack is saved as
 one ``stack_model.joblib`` (checksummed metadata beside it) that
 :mod:`pipelines.predict` and ``joblib.load(...).predict(paths)`` use.
 """
