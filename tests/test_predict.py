@@ -22,10 +22,11 @@ from pipelines.classical import FeatureSpec, TrainConfig, run_classical, version
 from pipelines.dataset import default_data_dir, index_folder
 from models.safety import file_sha256
 from pipelines.labels import AGE_GROUP_NAMES, ETHNICITY_NAMES, GENDER_NAMES, age_group
-from pipelines.predict import (FACE_COLUMNS, find_photos, load_predictor, main, open_writer,
+from pipelines.predict import (FACE_COLUMNS, find_photos, load_predictor, main,
                                predict_photos)
 from pipelines.reports import save_artifact
 from pipelines.splits import Split
+from pipelines.writers import open_writer
 from tests.conftest import link_faces
 
 DATA = default_data_dir()
