@@ -87,6 +87,7 @@ from features.loader import ImageLoader
 from models.face_model import ARCHITECTURE as FACE_ARCHITECTURE
 from models.face_model import (AGE_DISTRIBUTION, LOAD_SIZE, is_face_model,
                                label_distribution_loss)
+from models.stack import labels_of
 
 if TYPE_CHECKING:
     import keras
@@ -1073,16 +1074,6 @@ def _probabilities(task: str, output: np.ndarray) -> np.ndarray:
 
 def _ages(output: np.ndarray) -> np.ndarray:
     return np.maximum(output[:, 0].astype(np.float64), 0.0)
-
-
-def labels_of(task: str, outputs: np.ndarray) -> np.ndarray:
-    """Predictions from :meth:`CNNPredictor.task_outputs`-style outputs of one task.
-
-    Age values pass through; class probabilities (N, n_classes) become int64 codes.
-    """
-    if task == "age":
-        return outputs
-    return np.argmax(outputs, axis=1).astype(np.int64)
 
 
 def load_model(path: str | os.PathLike) -> CNNPredictor:

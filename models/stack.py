@@ -72,6 +72,14 @@ def class_combiner(folds: StratifiedKFold, classes: np.ndarray) -> GridSearchCV:
                         scoring={"log_loss": log_loss_score, "accuracy": "accuracy"})
 
 
+def labels_of(task: str, outputs: np.ndarray) -> np.ndarray:
+    """Predictions from task outputs: ages pass through, class probabilities
+    (N, n_classes) become int64 codes."""
+    if task in REGRESSION_TASKS:
+        return outputs
+    return np.argmax(outputs, axis=1).astype(np.int64)
+
+
 def is_multitask(member: Any) -> bool:
     """Whether ``member`` is a multi-task model rather than a mapping task -> pipeline."""
     return hasattr(member, "task_outputs") and hasattr(member, "tasks")
@@ -370,9 +378,7 @@ class StackedFaceModel(BaseEstimator):
         """
         tasks = self._check_task(task)
         outputs = self.task_outputs(X)
-        predicted = {name: (outputs[name] if name in REGRESSION_TASKS
-                            else np.argmax(outputs[name], axis=1).astype(np.int64))
-                     for name in tasks}
+        predicted = {name: labels_of(name, outputs[name]) for name in tasks}
         return predicted[task] if task is not None else predicted
 
     def predict_proba(self, X, task: str | None = None) -> dict[str, np.ndarray] | np.ndarray:

@@ -82,7 +82,7 @@ from tqdm.auto import tqdm
 from features.faces import FaceBox, crop_face, detect_faces
 from features.io import ImageLoadError, convert_mode, open_image
 from models import cnn, safety
-from models.stack import StackedFaceModel, is_multitask
+from models.stack import StackedFaceModel, is_multitask, labels_of
 from pipelines.classical import PACKAGE, versions
 from pipelines.cnn_training import MODEL_FILE as CNN_MODEL_FILE
 from pipelines.labels import AGE_GROUP_NAMES, TASKS, age_group
@@ -222,7 +222,7 @@ class FacePredictor:
         combined = {task: np.concatenate([output[task] for output in outputs])
                     for task in self.network_tasks}
         return {task: (values, None) if task == "age"
-                else (cnn.labels_of(task, values), values)
+                else (labels_of(task, values), values)
                 for task, values in combined.items()}
 
     def predict(self, crops: Sequence[np.ndarray]) -> list[dict[str, Any]]:

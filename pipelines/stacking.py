@@ -23,7 +23,7 @@ import joblib
 import numpy as np
 
 from models.safety import file_sha256, read_metadata
-from models.stack import StackedFaceModel, is_multitask, member_tasks
+from models.stack import StackedFaceModel, is_multitask, labels_of, member_tasks
 from pipelines.classical import PACKAGE, versions
 from pipelines.cnn_training import SUMMARY_FILE as CNN_SUMMARY_FILE
 from pipelines.dataset import DatasetIndex, index_folder
@@ -176,10 +176,6 @@ def _judged(outputs: np.ndarray) -> np.ndarray:
     return ~np.isnan(outputs.reshape(len(outputs), -1)).any(axis=1)
 
 
-def _predictions(task: str, outputs: np.ndarray) -> np.ndarray:
-    return outputs if task == "age" else np.argmax(outputs, axis=1)
-
-
 def _figure(task: str, y_true: np.ndarray, predicted: np.ndarray) -> dict[str, float]:
     """Accuracy or MAE with its bootstrap interval."""
     scores = face_scores(task, y_true, predicted)
@@ -201,11 +197,11 @@ def score_task(task: str, stack_outputs: np.ndarray,
         ``vs_stack`` (:func:`pipelines.significance.compare`, the stack as model A).
     """
     y_true = faces.labels(task)
-    stack = _predictions(task, stack_outputs)
+    stack = labels_of(task, stack_outputs)
     scores = {"stack": _figure(task, y_true, stack)}
     for name, outputs in member_outputs.items():
         judged = _judged(outputs[task])
-        member = _predictions(task, outputs[task][judged])
+        member = labels_of(task, outputs[task][judged])
         scores[name] = {**_figure(task, y_true[judged], member),
                         "vs_stack": compare(task, y_true[judged], stack[judged], member)}
     return scores
@@ -286,9 +282,9 @@ def run_stack(data_dir: str | os.PathLike, member_dirs: Mapping[str, str | os.Pa
         for name in stack.inputs_[task]:
             judged = _judged(outputs["val"][name][task])
             validation = _figure(task, val.labels(task)[judged],
-                                 _predictions(task, outputs["val"][name][task][judged]))
+                                 labels_of(task, outputs["val"][name][task][judged]))
             rows.append(_table_row(task, name, validation, scores[name]))
-        predicted = _predictions(task, combined[task])
+        predicted = labels_of(task, combined[task])
         metrics = evaluate_task(task, test.labels(task), predicted, gender=test.gender,
                                 ethnicity=test.ethnicity, age=test.age)
         write_task_report(out, task, metrics, test.labels(task), predicted)
