@@ -627,7 +627,7 @@ def save_results(out_dir: str | os.PathLike, results: Sequence[TaskResult],
         save_artifact(out_dir / f"{result.task}_model.joblib",
                       lambda temp: joblib.dump(pipeline, temp), metadata)
         write_task_report(out_dir, result.task, result.test_metrics, result.test_true,
-                          result.test_predicted)
+                          result.test_predicted, result.test_files)
         rows.append({**result_row(result.task, config.model, result.n_train, result.validation,
                                   headline(result.task, result.test_metrics)),
                      "fit_s": round(result.fit_seconds)})

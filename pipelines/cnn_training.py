@@ -398,7 +398,8 @@ def train_cnn(data_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
     validation = _headlines(evaluate(predictor, faces["val"]))
     scores = evaluate(predictor, faces["test"])
     for task, (metrics, predicted) in scores.items():
-        write_task_report(out, task, metrics, faces["test"].index.labels(task), predicted)
+        write_task_report(out, task, metrics, faces["test"].index.labels(task), predicted,
+                          faces["test"].index.file_names)
     summary.update({
         "model_path": str(out / MODEL_FILE), "model_sha256": file_sha256(out / MODEL_FILE),
         "epochs_run": len(history["loss"]),

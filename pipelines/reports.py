@@ -7,6 +7,8 @@ under the final name: the previous file (if any) or nothing remains.
 from __future__ import annotations
 
 import contextlib
+import csv
+import io
 import json
 import logging
 import math
@@ -136,9 +138,56 @@ def prepare_output_dir(out_dir: str | os.PathLike, overwrite: bool = False,
     return path
 
 
+def predictions_path(out_dir: str | os.PathLike, task: str) -> Path:
+    """The file of a task's per-face test predictions in a run folder."""
+    return Path(out_dir) / f"{task}_predictions.csv"
+
+
+def write_predictions_csv(path: str | os.PathLike, files: Sequence[str], y_true: ArrayLike,
+                          y_pred: ArrayLike) -> Path:
+    """Write per-face predictions, ``file,true,predicted`` (class codes or years), atomically."""
+    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+    if not len(files) == len(y_true) == len(y_pred):
+        raise ValueError(f"{len(files)} file names for {len(y_true)} labels and "
+                         f"{len(y_pred)} predictions")
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["file", "true", "predicted"])
+    writer.writerows(zip(files, y_true.tolist(), y_pred.tolist()))
+    return atomic_write_bytes(path, buffer.getvalue().encode("utf-8"))
+
+
+def read_predictions_csv(path: str | os.PathLike) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """The file names, labels and predictions of :func:`write_predictions_csv`.
+
+    Raises
+    ------
+    ValueError
+        If the file lacks the ``file,true,predicted`` header or a value is not a number
+        (the message names the file and the line).
+    """
+    with open(path, newline="", encoding="utf-8") as handle:
+        rows = list(csv.reader(handle))
+    if not rows or rows[0] != ["file", "true", "predicted"]:
+        raise ValueError(f"{path}: expected the header file,true,predicted")
+    files, true, predicted = [], [], []
+    for number, row in enumerate(rows[1:], start=2):
+        try:
+            name, y, p = row
+            true.append(float(y))
+            predicted.append(float(p))
+        except ValueError:
+            raise ValueError(f"{path}, line {number}: expected a file name and two "
+                             f"numbers, got {row}") from None
+        files.append(name)
+    return files, np.asarray(true), np.asarray(predicted)
+
+
 def write_task_report(out_dir: str | os.PathLike, task: str, metrics: Mapping[str, Any],
-                      y_true: ArrayLike, y_pred: ArrayLike) -> list[Path]:
-    """Write one task's metrics and plots into ``out_dir``, atomically.
+                      y_true: ArrayLike, y_pred: ArrayLike,
+                      files: Sequence[str] | None = None) -> list[Path]:
+    """Write one task's metrics, plots and (given ``files``) per-face predictions into
+    ``out_dir``, atomically.
 
     Parameters
     ----------
@@ -151,12 +200,15 @@ def write_task_report(out_dir: str | os.PathLike, task: str, metrics: Mapping[st
         plot shows its ``overall`` confusion matrix.
     y_true, y_pred : array_like
         Labels and predictions the metrics were computed from (the age plot uses them).
+    files : sequence of str, optional
+        The faces' file names, in the order of ``y_true``: the predictions are written
+        to :func:`predictions_path` (what paired comparisons of runs read).
 
     Returns
     -------
     list of Path
         ``<task>_metrics.json``, then ``<task>_confusion.png`` for a classification
-        or ``<task>_error.png`` (error against true age) for age.
+        or ``<task>_error.png`` (error against true age) for age, then the predictions.
     """
     out_dir = Path(out_dir)
     written = [atomic_write_json(out_dir / f"{task}_metrics.json", metrics)]
@@ -171,6 +223,9 @@ def write_task_report(out_dir: str | os.PathLike, task: str, metrics: Mapping[st
     with atomic_path(out_dir / name) as temp:
         figure.savefig(temp, format="png", dpi=120)
     written.append(out_dir / name)
+    if files is not None:
+        written.append(write_predictions_csv(predictions_path(out_dir, task), files, y_true,
+                                             y_pred))
     logger.info("wrote %s", ", ".join(str(path) for path in written))
     return written
 

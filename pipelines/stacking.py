@@ -287,7 +287,7 @@ def run_stack(data_dir: str | os.PathLike, member_dirs: Mapping[str, str | os.Pa
         predicted = labels_of(task, combined[task])
         metrics = evaluate_task(task, test.labels(task), predicted, gender=test.gender,
                                 ethnicity=test.ethnicity, age=test.age)
-        write_task_report(out, task, metrics, test.labels(task), predicted)
+        write_task_report(out, task, metrics, test.labels(task), predicted, test.file_names)
         kept = stack.cv_scores_[task]
         rows.append(_table_row(task, "stack", {kept["metric"]: kept["combiners"][kept["kept"]]},
                                {**headline(task, metrics), **scores["stack"]}, len(val)))

@@ -12,7 +12,8 @@ from pipelines.labels import AGE_GROUP_NAMES, ETHNICITY_NAMES, GENDER_NAMES
 from pipelines.metrics import (class_names, classification_metrics, evaluate_task, headline,
                                regression_metrics)
 from pipelines.reports import (OutputExistsError, atomic_path, atomic_write_json,
-                               format_summary_table, prepare_output_dir, result_row,
+                               format_summary_table, predictions_path, prepare_output_dir,
+                               read_predictions_csv, result_row, write_predictions_csv,
                                write_task_report)
 
 # --- metrics ---------------------------------------------------------------------------
@@ -173,6 +174,23 @@ def test_write_task_report(tmp_path: Path) -> None:
     assert [p.name for p in written] == ["age_metrics.json", "age_error.png"]
     assert written[1].stat().st_size > 1000
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_task_report_predictions_round_trip(tmp_path: Path) -> None:
+    ages = DEMOGRAPHICS["age"]
+    names = [f"{age}_0_0_2017.jpg.chip.jpg" for age in range(len(ages))]
+    metrics = evaluate_task("age", ages, ages + 2.5, **DEMOGRAPHICS)
+    written = write_task_report(tmp_path, "age", metrics, ages, ages + 2.5, names)
+    assert written[-1] == predictions_path(tmp_path, "age")
+    files, true, predicted = read_predictions_csv(written[-1])
+    assert files == names
+    np.testing.assert_array_equal(true, ages)
+    np.testing.assert_array_equal(predicted, ages + 2.5)
+    with pytest.raises(ValueError, match="3 file names for 2 labels"):
+        write_predictions_csv(tmp_path / "x.csv", names[:3], [1, 2], [1, 2])
+    (tmp_path / "bad.csv").write_text("file,true,predicted\na.jpg,1,x\n")
+    with pytest.raises(ValueError, match="bad.csv, line 2"):
+        read_predictions_csv(tmp_path / "bad.csv")
 
 
 def test_format_summary_table() -> None:
