@@ -22,15 +22,23 @@ default and documents every key::
     size = 128
     color = "gray"
 
+    [runs.stack]                     # optional: ``python -m pipelines.run`` commands,
+    args = ["--model", "stack",      # one pipeline each, run in this order; the
+            "--members", "{runs}/cnn"]   # benchmark adds --data, --split, --out, ...
+    [runs.cnn]                       # ({runs}: the folder of the other runs' outputs)
+    member = "cnn"                   # the arguments of a default stack member
+
     [quick]                          # what --quick changes: limit, epochs, size,
     limit = 300                      # batch_size, predict_sample, and model parameters
     epochs = 2
     [quick.models.svm]
     params = {C = 1}                 # merged into the model's params
 
-Every model is paired with every extractor (pipeline ``<extractor>-<model>``), and
+Every model is paired with every extractor (pipeline ``<extractor>-<model>``),
 every CNN architecture is one pipeline (``cnn-<architecture>``) trained once for all
-the tasks it has a head for.
+the tasks it has a head for, and every run is one pipeline (its name) scored on the
+tasks its command trains. A run may name the output of an earlier run as
+``{runs}/NAME`` (a stack's members).
 """
 from __future__ import annotations
 
@@ -41,15 +49,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from models.cnn import ARCHITECTURES
+from models.cnn import ARCHITECTURES, resolve_tasks
 from models.factory import MODELS
 from pipelines.classical import FeatureSpec
 from pipelines.labels import TASKS
+from pipelines.run import build_parser
+from pipelines.stacking import DEFAULT_MEMBERS, STACK_TASKS
 
 #: The configuration used without ``--config``.
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "default.toml"
 _NAME = re.compile(r"^[A-Za-z0-9_.+-]+$")
 _QUICK_KEYS = ("limit", "epochs", "size", "batch_size", "predict_sample", "models")
+#: Where a run's command names the output folder of the benchmark's runs.
+RUNS_PLACEHOLDER = "{runs}"
+#: ``pipelines.run`` options the benchmark sets for every run.
+_RUN_OPTIONS = ("--data", "--split", "--out", "--overwrite", "--cache-dir", "--no-cache",
+                "--n-jobs", "--seed", "--scheduler", "--quiet")
 
 
 @dataclass(frozen=True)
@@ -93,6 +108,63 @@ class CNNPipeline:
 
 
 @dataclass(frozen=True)
+class RunPipeline:
+    """A ``python -m pipelines.run`` command, scored on the tasks it trains.
+
+    ``args`` leave out the options of :data:`_RUN_OPTIONS`, which the benchmark adds;
+    ``epochs`` (``--quick``) is appended to a CNN's arguments.
+    """
+
+    name: str
+    args: tuple[str, ...]
+    tasks: tuple[str, ...]
+    model: str
+    epochs: int | None = None
+    kind: str = field(default="run", init=False)
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-ready definition (part of the key that decides whether to rerun)."""
+        return {"kind": self.kind, "args": list(self.args), "tasks": list(self.tasks),
+                "model": self.model, "epochs": self.epochs}
+
+    def arguments(self, runs_dir: str | Path) -> list[str]:
+        """The command's arguments, ``{runs}`` replaced by ``runs_dir``."""
+        args = [arg.replace(RUNS_PLACEHOLDER, str(runs_dir)) for arg in self.args]
+        return args + ([] if self.epochs is None else ["--epochs", str(self.epochs)])
+
+
+def run_tasks(args: tuple[str, ...], where: str) -> tuple[tuple[str, ...], str]:
+    """The tasks a ``pipelines.run`` command trains, and its model: ``stack``,
+    ``cnn:<architecture>`` or the classical model's name.
+
+    Raises
+    ------
+    ValueError
+        If ``pipelines.run`` refuses the arguments, or they hold an option the
+        benchmark sets (:data:`_RUN_OPTIONS`).
+    """
+    reserved = sorted({arg.split("=")[0] for arg in args} & set(_RUN_OPTIONS))
+    if reserved:
+        raise ValueError(f"{where}: {', '.join(reserved)} are set by the benchmark")
+    try:
+        parsed = build_parser().parse_args(list(args))
+    except SystemExit:
+        raise ValueError(f"{where}: python -m pipelines.run refuses {list(args)} "
+                         f"(its message is above)") from None
+    if parsed.model == "stack":
+        return STACK_TASKS, "stack"
+    if parsed.model == "cnn":
+        try:
+            heads = resolve_tasks(parsed.architecture,
+                                  None if "all" in parsed.tasks else parsed.tasks)
+        except ValueError as error:
+            raise ValueError(f"{where}: {error}") from None
+        return heads, f"cnn:{parsed.architecture}"
+    return (TASKS if "all" in parsed.tasks else tuple(dict.fromkeys(parsed.tasks)),
+            parsed.model)
+
+
+@dataclass(frozen=True)
 class ModelEntry:
     """A classical model of the configuration."""
 
@@ -125,11 +197,13 @@ class BenchmarkConfig:
     limit: int | None = None
     quick: dict[str, Any] = field(default_factory=dict)
     source: str = ""
+    runs: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    run_epochs: int | None = None
 
-    def pipelines(self) -> list[ClassicalPipeline | CNNPipeline]:
+    def pipelines(self) -> list[ClassicalPipeline | CNNPipeline | RunPipeline]:
         """Every pipeline, grouped by extractor (its models in configuration order), then
-        the CNNs; a CNN without a head for any of the tasks is left out."""
-        found: list[ClassicalPipeline | CNNPipeline] = []
+        the CNNs, then the runs; one that trains none of the tasks is left out."""
+        found: list[ClassicalPipeline | CNNPipeline | RunPipeline] = []
         for extractor, specs in self.extractors.items():
             for model_name, entry in self.models.items():
                 if entry.extractors is None or extractor in entry.extractors:
@@ -142,6 +216,12 @@ class BenchmarkConfig:
                 found.append(CNNPipeline(f"cnn-{architecture}", architecture, tasks,
                                          self.cnn.epochs, self.cnn.batch_size, self.cnn.size,
                                          self.cnn.color))
+        for name, args in self.runs.items():
+            trained, model = run_tasks(args, f"runs.{name}")
+            tasks = tuple(task for task in self.tasks if task in trained)
+            if tasks:
+                found.append(RunPipeline(name, args, tasks, model,
+                                         self.run_epochs if model.startswith("cnn:") else None))
         return found
 
     def for_quick(self) -> BenchmarkConfig:
@@ -166,6 +246,7 @@ class BenchmarkConfig:
                 size=cnn.size if size is None else (size, size))
         updated = dataclasses.replace(
             self, cnn=cnn, tasks=self.tasks if tasks is None else tuple(tasks),
+            run_epochs=self.run_epochs if epochs is None else epochs,
             limit=self.limit if limit is None else limit,
             predict_sample=self.predict_sample if predict_sample is None else predict_sample)
         _check(updated)
@@ -209,7 +290,7 @@ def parse_config(raw: Mapping[str, Any], source: str = "") -> BenchmarkConfig:
     """Build a :class:`BenchmarkConfig` from parsed TOML/JSON data (see :func:`load_config`)."""
     where = source or "configuration"
     _only_keys(raw, ("tasks", "seed", "predict_sample", "limit", "extractors", "models", "cnn",
-                     "quick"), where)
+                     "runs", "quick"), where)
     extractors = {}
     for name, blocks in _table(raw, "extractors", where).items():
         if isinstance(blocks, str):
@@ -246,9 +327,38 @@ def parse_config(raw: Mapping[str, Any], source: str = "") -> BenchmarkConfig:
                              f"model of [models]")
     config = BenchmarkConfig(tuple(raw.get("tasks", TASKS)), extractors, models, cnn,
                              raw.get("seed", 0), raw.get("predict_sample", 128),
-                             raw.get("limit"), quick, source)
+                             raw.get("limit"), quick, source, _runs(raw, where))
     _check(config)
     return config
+
+
+def _runs(raw: Mapping[str, Any], where: str) -> dict[str, tuple[str, ...]]:
+    """The ``[runs]`` tables: name -> ``pipelines.run`` arguments, checked in order."""
+    runs: dict[str, tuple[str, ...]] = {}
+    for name, entry in _table(raw, "runs", where).items():
+        here = f"{where}: runs.{name}"
+        _only_keys(entry, ("args", "member"), here)
+        if ("args" in entry) == ("member" in entry):
+            raise ValueError(f"{here}: give either args (a list of arguments) or member "
+                             f"(one of {sorted(DEFAULT_MEMBERS)})")
+        if "member" in entry:
+            if entry["member"] not in DEFAULT_MEMBERS:
+                raise ValueError(f"{here}: member must be one of {sorted(DEFAULT_MEMBERS)}, "
+                                 f"got {entry['member']!r}")
+            args = DEFAULT_MEMBERS[entry["member"]]
+        else:
+            args = entry["args"]
+            if not isinstance(args, list) or not all(isinstance(a, str) for a in args):
+                raise ValueError(f"{here}: args must be a list of strings")
+        for arg in args:
+            if RUNS_PLACEHOLDER in arg:
+                earlier = arg.split(RUNS_PLACEHOLDER + "/", 1)[-1]
+                if earlier not in runs:
+                    raise ValueError(f"{here}: {arg!r} names no earlier run (runs before it: "
+                                     f"{list(runs) or 'none'})")
+        run_tasks(tuple(args), here)
+        runs[name] = tuple(args)
+    return runs
 
 
 def _table(raw: Mapping[str, Any], key: str, where: str) -> dict[str, Any]:

@@ -10,12 +10,16 @@ from __future__ import annotations
 import csv
 import io
 import math
+import shlex
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from benchmarks.config import ClassicalPipeline, CNNPipeline
+import numpy as np
+
+from benchmarks.config import ClassicalPipeline, CNNPipeline, RunPipeline
 from pipelines.labels import TASKS
 from pipelines.metrics import class_names
+from pipelines.significance import bootstrap_interval, compare, face_scores
 from pipelines.reports import (atomic_path, atomic_write_bytes, atomic_write_json,
                                format_summary_table)
 
@@ -25,16 +29,25 @@ COLUMNS: tuple[str, ...] = (
     "rmse", "within_5", "gap_ethnicity", "worst_ethnicity", "gap_gender", "worst_gender",
     "extract_s", "extract_cached", "fit_s", "pipeline_s", "predict_faces_per_s",
     "model_bytes", "n_train", "n_test", "test_faces_sha256", "epochs_run", "best_epoch",
-    "train_images_per_s", "error")
+    "train_images_per_s", "ci95_low", "ci95_high", "vs_best_difference", "vs_best_p",
+    "vs_best_ci95_low", "vs_best_ci95_high", "vs_best_significant", "n_paired", "error")
 _FIGURES = ("accuracy", "f1_macro", "mae", "rmse", "within_5", "gap_ethnicity",
             "worst_ethnicity", "gap_gender", "worst_gender", "fit_s", "predict_faces_per_s",
             "model_bytes", "n_train", "n_test", "test_faces_sha256")
 _HIGHER_IS_BETTER = {"accuracy", "f1_macro", "within_5", "predict_faces_per_s"}
 _COLOURS = {"svm": "tab:blue", "linear-svm": "tab:cyan", "xgboost": "tab:orange",
-            "mlp": "tab:purple", "cnn": "tab:green"}
+            "mlp": "tab:purple", "cnn": "tab:green", "stack": "tab:red"}
 
 
-def table_rows(pipelines: Sequence[ClassicalPipeline | CNNPipeline],
+def _model_label(pipeline: ClassicalPipeline | CNNPipeline | RunPipeline) -> str:
+    if isinstance(pipeline, ClassicalPipeline):
+        return pipeline.model
+    if isinstance(pipeline, CNNPipeline):
+        return f"cnn:{pipeline.architecture}"
+    return pipeline.model
+
+
+def table_rows(pipelines: Sequence[ClassicalPipeline | CNNPipeline | RunPipeline],
                records: Mapping[str, dict[str, Any] | None],
                extractions: Mapping[str, dict[str, Any] | None]) -> list[dict[str, Any]]:
     """One row per pipeline and task, in the order of ``pipelines``.
@@ -54,7 +67,7 @@ def table_rows(pipelines: Sequence[ClassicalPipeline | CNNPipeline],
         Keys :data:`COLUMNS`; status ``done``, ``failed`` or ``not run``; figures of a
         pipeline that is not done are None.
     """
-    rows = []
+    rows, predictions = [], {}
     for pipeline in pipelines:
         record = records.get(pipeline.name) or {}
         classical = isinstance(pipeline, ClassicalPipeline)
@@ -66,9 +79,12 @@ def table_rows(pipelines: Sequence[ClassicalPipeline | CNNPipeline],
                 pipeline=pipeline.name, task=task, status=record.get("status", "not run"),
                 kind=pipeline.kind, error=record.get("error"),
                 extractor=pipeline.extractor if classical else None,
-                model=pipeline.model if classical else f"cnn:{pipeline.architecture}",
-                pipeline_s=record.get("seconds") if record.get("status") == "done" else None,
+                model=_model_label(pipeline),
+                pipeline_s=(record.get("command_s", record.get("seconds"))
+                            if record.get("status") == "done" else None),
                 **{key: figures.get(key) for key in _FIGURES})
+            if record.get("status") == "done" and figures.get("predictions"):
+                predictions[pipeline.name, task] = figures["predictions"]
             if not classical and record.get("status") == "done":
                 row.update(epochs_run=record.get("epochs_run"),
                            best_epoch=record.get("best_epoch"),
@@ -79,7 +95,49 @@ def table_rows(pipelines: Sequence[ClassicalPipeline | CNNPipeline],
                 row["extract_cached"] = ("all" if cached == extraction["calls"]
                                          else "some" if cached else "none")
             rows.append(row)
+    for task in dict.fromkeys(row["task"] for row in rows):
+        add_significance([row for row in rows if row["task"] == task], predictions)
     return rows
+
+
+def add_significance(rows: Sequence[dict[str, Any]],
+                     predictions: Mapping[tuple[str, str], Mapping[str, list]],
+                     seed: int = 0) -> None:
+    """Fill one task's interval and paired-test columns from the per-face predictions.
+
+    Every finished row with predictions gets the 95 % bootstrap interval of its headline
+    figure (``ci95_low``, ``ci95_high``); every other such row is compared with the best
+    one on the faces both scored (:func:`pipelines.significance.compare`, the row as
+    model A): ``vs_best_difference``, McNemar's ``vs_best_p`` (accuracy) or the paired
+    bootstrap interval ``vs_best_ci95_low/high`` (MAE), ``vs_best_significant`` and
+    ``n_paired``. Rows without predictions keep None.
+    """
+    scored = [row for row in _ranked(rows, rows[0]["task"]) if row["status"] == "done"
+              and (row["pipeline"], row["task"]) in predictions]
+    if not scored:
+        return
+    task = scored[0]["task"]
+    faces = {row["pipeline"]: predictions[row["pipeline"], task] for row in scored}
+    for row in scored:
+        found = faces[row["pipeline"]]
+        low, high = bootstrap_interval(face_scores(task, found["true"], found["predicted"]),
+                                       seed=seed)
+        row.update(ci95_low=low, ci95_high=high)
+    best = faces[scored[0]["pipeline"]]
+    best_at = {name: i for i, name in enumerate(best["files"])}
+    for row in scored[1:]:
+        found = faces[row["pipeline"]]
+        pairs = np.array([(i, best_at[name]) for i, name in enumerate(found["files"])
+                          if name in best_at]).reshape(-1, 2)
+        if len(pairs) < 2:
+            continue
+        truth = np.asarray(found["true"])[pairs[:, 0]]
+        result = compare(task, truth, np.asarray(found["predicted"])[pairs[:, 0]],
+                         np.asarray(best["predicted"])[pairs[:, 1]], seed=seed)
+        low, high = result.get("difference_ci95", (None, None))
+        row.update(vs_best_difference=result["difference"], vs_best_p=result.get("p_mcnemar"),
+                   vs_best_ci95_low=low, vs_best_ci95_high=high,
+                   vs_best_significant=result["significant"], n_paired=len(pairs))
 
 
 def failed_rows(rows: Sequence[Mapping[str, Any]]) -> dict[str, str]:
@@ -106,12 +164,16 @@ def summary_tables(rows: Sequence[Mapping[str, Any]]) -> str:
         keys = (("accuracy", "f1_macro") if class_names(task) is not None
                 else ("mae", "rmse", "within_5"))
         table = [{"pipeline": row["pipeline"], "status": row["status"],
-                  **{key: row[key] for key in keys},
+                  **{key: row[key] for key in keys[:1]},
+                  "ci95": "-" if row["ci95_low"] is None else
+                  f"{row['ci95_low']:.3f}-{row['ci95_high']:.3f}",
+                  "vs_best": _versus_best(row, i == 0) if row["status"] == "done" else "-",
+                  **{key: row[key] for key in keys[1:]},
                   "gap_eth": row["gap_ethnicity"], "gap_gender": row["gap_gender"],
                   "extract_s": row["extract_s"], "fit_s": row["fit_s"],
                   "faces_per_s": row["predict_faces_per_s"],
                   "model_mb": None if row["model_bytes"] is None else row["model_bytes"] / 1e6}
-                 for row in _ranked(rows, task)]
+                 for i, row in enumerate(_ranked(rows, task))]
         blocks.append(f"{task}\n{format_summary_table(table)}")
     return "\n\n".join(blocks)
 
@@ -132,6 +194,10 @@ def _cell(column: str, row: Mapping[str, Any], task: str) -> str:
         years = class_names(task) is None
         text = f"{value:.2f}" if years else f"{value:.3f}"
         return f"{text} ({row[column.replace('gap', 'worst')]})"
+    if column in ("accuracy", "mae") and row["ci95_low"] is not None:
+        digits = 3 if column == "accuracy" else 2
+        return (f"{value:.{digits}f} [{row['ci95_low']:.{digits}f}, "
+                f"{row['ci95_high']:.{digits}f}]")
     if column in ("mae", "rmse"):
         return f"{value:.2f}"
     if column in ("accuracy", "f1_macro", "within_5"):
@@ -158,8 +224,8 @@ def _best_cells(rows: Sequence[Mapping[str, Any]], column: str, task: str) -> se
         return set()
     pick = max if column in _HIGHER_IS_BETTER else min
     best = pick(row[column] for _, row in done)
-    shown = _cell(column, {**done[0][1], column: best}, task).split(" (")[0]
-    best_rows = {i for i, row in done if _cell(column, row, task).split(" (")[0] == shown}
+    shown = _cell(column, {**done[0][1], column: best}, task).split(" ")[0]
+    best_rows = {i for i, row in done if _cell(column, row, task).split(" ")[0] == shown}
     return best_rows if len(best_rows) < len(done) else set()
 
 
@@ -172,12 +238,25 @@ def _note(row: Mapping[str, Any], context: Mapping[str, Any]) -> str:
     notes = []
     if row["test_faces_sha256"] != context["test_faces_sha256"]:
         notes.append(f"scored {row['n_test']:,} of {context['split']['test']:,} test faces")
-    if row["kind"] == "cnn":
+    if _family(row) == "cnn":
         notes.append("fit: whole network, all heads")
         if row["epochs_run"] is not None:
             notes.append(f"{row['epochs_run']} epochs (best {row['best_epoch']}), "
                          f"{row['train_images_per_s']:.0f} training faces/s")
     return "; ".join(notes)
+
+
+def _versus_best(row: Mapping[str, Any], best: bool) -> str:
+    """The paired comparison with the task's best pipeline, ``*`` when significant."""
+    if best:
+        return "best"
+    if row["vs_best_difference"] is None:
+        return "-"
+    mark = " *" if row["vs_best_significant"] else ""
+    if row["vs_best_p"] is not None:
+        return f"{row['vs_best_difference']:+.3f} (p={row['vs_best_p']:.2g}){mark}"
+    return (f"{row['vs_best_difference']:+.2f} [{row['vs_best_ci95_low']:+.2f}, "
+            f"{row['vs_best_ci95_high']:+.2f}]{mark}")
 
 
 def task_table(rows: Sequence[Mapping[str, Any]], task: str, context: Mapping[str, Any]) -> str:
@@ -187,17 +266,20 @@ def task_table(rows: Sequence[Mapping[str, Any]], task: str, context: Mapping[st
     gap = "accuracy gap" if class_names(task) else "MAE gap"
     columns = (("pipeline", "pipeline"), *figures, ("gap_ethnicity", f"{gap}, ethnicities"),
                ("gap_gender", f"{gap}, genders"), ("extract_s", "extraction s"),
-               ("fit_s", "fit s"), ("predict_faces_per_s", "predict faces/s"),
-               ("model_bytes", "model MB"))
+               ("fit_s", "fit s"), ("pipeline_s", "wall s"),
+               ("predict_faces_per_s", "predict faces/s"), ("model_bytes", "model MB"))
     ranked = _ranked(rows, task)
     best = {column: _best_cells(ranked, column, task) for column, _ in columns[1:]}
-    lines = ["| " + " | ".join(title for _, title in columns) + " | note |",
-             "|" + "---|" + "---:|" * (len(columns) - 1) + "---|"]
+    titles = [columns[0][1], columns[1][1], "vs best (paired)", *(t for _, t in columns[2:])]
+    lines = ["| " + " | ".join(titles) + " | note |",
+             "|" + "---|" + "---:|" * (len(titles) - 1) + "---|"]
     for i, row in enumerate(ranked):
         cells = [f"`{row['pipeline']}`"]
         for column, _ in columns[1:]:
             text = _cell(column, row, task) if row["status"] == "done" else "-"
             cells.append(f"**{text}**" if i in best[column] else text)
+        done = row["status"] == "done"
+        cells.insert(2, _versus_best(row, i == 0 and done) if done else "-")
         lines.append("| " + " | ".join(cells + [_note(row, context)]) + " |")
     return "\n".join(lines)
 
@@ -232,7 +314,11 @@ def _environment_lines(context: Mapping[str, Any]) -> list[str]:
 def _pipelines_table(context: Mapping[str, Any]) -> str:
     lines = ["| pipeline | features or network | model | tasks |", "|---|---|---|---|"]
     for spec in context["pipelines"]:
-        if spec["kind"] == "cnn":
+        if spec["kind"] == "run":
+            what = f"`python -m pipelines.run {shlex.join(spec['args'])}`" + (
+                f" `--epochs {spec['epochs']}`" if spec["epochs"] else "")
+            model = spec["model"]
+        elif spec["kind"] == "cnn":
             height, width = spec["size"]
             what = (f"{spec['architecture']} CNN on {height}x{width} {spec['color']} faces, "
                     f"at most {spec['epochs']} epochs, batch {spec['batch_size']}")
@@ -266,7 +352,11 @@ def markdown(rows: Sequence[Mapping[str, Any]], context: Mapping[str, Any],
         *_environment_lines(context),
         f"- **Configuration**: `{context['config'] or 'given in code'}`.",
         "",
-        "Each table ranks the pipelines by their test score. The **accuracy (or MAE) gap** is "
+        "Each table ranks the pipelines by their test score, given with its 95% bootstrap "
+        "interval (2,000 resamples of the test faces, seeded). **vs best (paired)**: the "
+        "pipeline against the best one on the faces both scored: the difference of accuracy "
+        "with McNemar's exact p-value, or the difference of MAE with its paired bootstrap "
+        "interval; * marks a difference significant at 5%. The **accuracy (or MAE) gap** is "
         "the largest difference of that figure between the ethnicities (or between the "
         "genders) of the test faces, the worst group in brackets. **Extraction s**: wall "
         "time to extract the features of every face of the split and of the mirrored "
@@ -275,12 +365,14 @@ def markdown(rows: Sequence[Mapping[str, Any]], context: Mapping[str, Any],
         "train. **Fit s**: fitting the task's model on the extracted features (classical), "
         "or training the whole network, all heads and validation passes included (CNN; "
         "the note gives the epochs run, the best epoch by validation loss, and training "
-        "faces times epochs over that time). "
+        "faces times epochs over that time; a stack: its members' outputs and the combiners). "
+        "**Wall s**: the whole step; for a `pipelines.run` command, the command from start "
+        "to end (features read from the cache when extracted before). "
         "**Predict faces/s**: the saved model predicting from image files to labels, end "
         f"to end in one process, on the first {context['predict_sample']:,} test faces "
         "(features of each face and of its mirror image for the classical models; one pass "
-        "for all heads of a CNN). **Model MB**: the saved file (the whole pipeline; one "
-        "`model.keras` for all heads of a CNN). The best value of each column is in bold.",
+        "for all heads of a CNN or a stack). **Model MB**: the saved file (the whole pipeline; "
+        "one `model.keras` for all heads of a CNN; a stack's file holds its members). The best value of each column is in bold.",
     ]
     for task in TASKS:
         if not any(row["task"] == task for row in rows):
@@ -306,7 +398,7 @@ def markdown(rows: Sequence[Mapping[str, Any]], context: Mapping[str, Any],
 
 
 def _family(row: Mapping[str, Any]) -> str:
-    return "cnn" if row["kind"] == "cnn" else row["model"]
+    return "cnn" if str(row["model"]).startswith("cnn:") else row["model"]
 
 
 def plot_task(rows: Sequence[Mapping[str, Any]], task: str):

@@ -25,23 +25,29 @@ transfers; prediction is always timed in the step's own process.
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import logging
 import os
+import shlex
+import sys
 import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+import numpy as np
 from joblib.externals.loky import get_reusable_executor
 
-from benchmarks.config import ClassicalPipeline, CNNPipeline
+from benchmarks.config import ClassicalPipeline, CNNPipeline, RunPipeline
+from models.factory import MODELS
 from pipelines.classical import FeatureSpec, TrainConfig, extract_views, save_results, train_tasks
 from pipelines.cluster import check_workers_read, connect
 from pipelines.dataset import DatasetIndex, parse_utkface_name
 from pipelines.metrics import group_gap, headline
-from pipelines.reports import prepare_output_dir
+from pipelines.reports import predictions_path, prepare_output_dir, read_predictions_csv
 from pipelines.run import LOG_FORMAT
 from pipelines.splits import PARTS, Split, names_sha256
 
@@ -114,6 +120,13 @@ def task_figures(task: str, metrics: dict[str, Any]) -> dict[str, Any]:
     return figures
 
 
+def face_predictions(files: Sequence[str], true: Any, predicted: Any) -> dict[str, list]:
+    """A task's per-face test predictions as a step record holds them (for the report's
+    intervals and paired tests)."""
+    return {"files": list(files), "true": np.asarray(true, dtype=float).tolist(),
+            "predicted": np.asarray(predicted, dtype=float).tolist()}
+
+
 def faces_per_second(predict: Callable[[list[str]], Any], paths: Sequence[str]) -> float:
     """Throughput of ``predict`` on ``paths``, after a warm-up call on two of them."""
     paths = list(paths)
@@ -173,7 +186,9 @@ def classical_step(pipeline: ClassicalPipeline, job: Job) -> dict[str, Any]:
             "predict_faces_per_s": round(faces_per_second(result.pipeline.predict, sample), 1),
             "model_bytes": (out / f"{result.task}_model.joblib").stat().st_size,
             "n_train": result.n_train, "params": result.params,
-            "test_faces_sha256": names_sha256(result.test_files)}
+            "test_faces_sha256": names_sha256(result.test_files),
+            "predictions": face_predictions(result.test_files, result.test_true,
+                                            result.test_predicted)}
     return {"tasks": tasks}
 
 
@@ -202,15 +217,113 @@ def cnn_step(pipeline: CNNPipeline, job: Job) -> dict[str, Any]:
                        "predict_faces_per_s": round(throughput, 1),
                        "model_bytes": model_path.stat().st_size,
                        "n_train": summary["counts"]["train"],
-                       "test_faces_sha256": summary["test_faces_sha256"]}
+                       "test_faces_sha256": summary["test_faces_sha256"],
+                       "predictions": face_predictions(*read_predictions_csv(
+                           predictions_path(job.out, task)))}
     return {"tasks": tasks, "epochs_run": summary["epochs_run"],
             "best_epoch": summary["best_epoch"],
             "train_images_per_second": summary["train_images_per_second"],
             "device": "GPU" if tf.config.list_physical_devices("GPU") else "CPU"}
 
 
+def _summary(out: Path) -> dict[str, Any]:
+    """A run folder's summary: ``cnn_summary.json`` of a CNN, else ``summary.json``."""
+    for name in ("cnn_summary.json", "summary.json"):
+        if (out / name).is_file():
+            return json.loads((out / name).read_text(encoding="utf-8"))
+    raise FileNotFoundError(f"{out} holds no summary.json or cnn_summary.json")
+
+
+def _task_row(summary: dict[str, Any], task: str) -> dict[str, Any]:
+    """The summary table row of a task's own model (a stack's combined one)."""
+    rows = [row for row in summary.get("rows", ()) if row["task"] == task
+            and ("members" not in summary or row["model"] == "stack")]
+    return rows[0] if rows else {}
+
+
+def run_figures(out: Path, tasks: Sequence[str], sample: Sequence[str]) -> dict[str, Any]:
+    """Figures of a ``pipelines.run`` folder per task: test metrics, per-face predictions,
+    fit time, throughput and size of the model file that predicts the task."""
+    from pipelines.predict import load_model_file, model_files
+
+    summary = _summary(out)
+    throughput, sizes, source = {}, {}, {}
+    for path in model_files(out):
+        models = load_model_file(path)
+        model = next(iter(models.values()))
+        throughput[path] = faces_per_second(model.predict, sample)
+        sizes[path] = path.stat().st_size
+        for task in models:
+            source.setdefault(task, path)
+    figures = {}
+    for task in tasks:
+        metrics = json.loads((out / f"{task}_metrics.json").read_text(encoding="utf-8"))
+        files, true, predicted = read_predictions_csv(predictions_path(out, task))
+        row = _task_row(summary, task)
+        path = source[task]
+        figures[task] = {
+            **task_figures(task, metrics),
+            "fit_s": row.get("fit_s", summary.get("train_seconds", summary.get("seconds"))),
+            "predict_faces_per_s": round(throughput[path], 1),
+            "model_bytes": sizes[path],
+            "n_train": row.get("n_train") or summary.get("counts", {}).get("train"),
+            "test_faces_sha256": names_sha256(files),
+            "predictions": face_predictions(files, true, predicted)}
+    return figures
+
+
+class _Tee(io.TextIOBase):
+    """A text stream that writes to another and keeps a copy."""
+
+    def __init__(self, stream) -> None:
+        self.stream, self.copy = stream, io.StringIO()
+
+    def write(self, text: str) -> int:
+        self.copy.write(text)
+        return self.stream.write(text)
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+    def text(self) -> str:
+        """What was written."""
+        return self.copy.getvalue()
+
+
+def run_step(pipeline: RunPipeline, job: Job) -> dict[str, Any]:
+    """Run a ``pipelines.run`` command into ``job.out`` and read its figures back."""
+    from pipelines.run import main
+
+    args = [*pipeline.arguments(job.out.parent), "--data", str(job.data),
+            "--split", str(job.split), "--out", str(job.out), "--overwrite",
+            "--cache-dir", str(job.cache_dir), "--n-jobs", str(job.n_jobs),
+            "--seed", str(job.seed), *([] if job.progress else ["--quiet"])]
+    if job.scheduler and pipeline.model in MODELS:      # classical models use a cluster
+        args += ["--scheduler", job.scheduler]
+    command = shlex.join(["python", "-m", "pipelines.run", *args])
+    logger.info("%s: %s", pipeline.name, command)
+    start, errors = time.perf_counter(), _Tee(sys.stderr)
+    try:
+        with contextlib.redirect_stderr(errors):
+            status = main(args)
+    except SystemExit as exit_:      # argparse refused the arguments
+        status = exit_.code
+    if status:
+        said = [line for line in errors.text().splitlines() if "error" in line.lower()]
+        raise RuntimeError(f"{command} ended with exit status {status}"
+                           + (f": {said[-1]}" if said else ""))
+    seconds = time.perf_counter() - start
+    summary = _summary(job.out)
+    sample = [os.path.join(job.data, name)
+              for name in Split.load(job.split).test[:job.predict_sample]]
+    return {"tasks": run_figures(job.out, pipeline.tasks, sample), "run_command": command,
+            "command_s": round(seconds, 1),
+            "epochs_run": summary.get("epochs_run"), "best_epoch": summary.get("best_epoch"),
+            "train_images_per_second": summary.get("train_images_per_second")}
+
+
 STEPS: dict[str, Callable[[Any, Job], dict[str, Any]]] = {
-    "extract": extract_step, "classical": classical_step, "cnn": cnn_step}
+    "extract": extract_step, "classical": classical_step, "cnn": cnn_step, "run": run_step}
 
 
 def child_main(connection, kind: str, target: Any, job: Job, log_level: int) -> None:

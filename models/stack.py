@@ -154,6 +154,11 @@ class StackedFaceModel(BaseEstimator):
                 if found.any():
                     values[found] = pipeline[1:].predict(rows[found])
             else:
+                if not hasattr(pipeline, "predict_proba"):
+                    raise ValueError(f"member {name!r}: its {task} model gives no class "
+                                     f"probabilities (an SVM gets them only when its "
+                                     f"validation faces hold every class); retrain it or "
+                                     f"leave it out")
                 classes = np.asarray(pipeline.classes_)
                 values = np.full((len(rows), self._width(task, classes)), np.nan)
                 if found.any():

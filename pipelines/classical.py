@@ -536,22 +536,28 @@ def _fit_and_score(parts: dict[str, DatasetIndex], config: TrainConfig, reducer:
     return results
 
 
+#: Folds of the validation faces over which an SVM's sigmoids are fitted (at most).
+_CALIBRATION_FOLDS = 5
+
+
 def with_probabilities(classifier, Z_val: np.ndarray, y_val: np.ndarray):
     """``classifier`` with ``predict_proba``: as it is if it has one, else calibrated.
 
     An SVM has no probabilities: a sigmoid per class is fitted to its decision values
-    on the validation faces (the SVM itself stays as fitted; predictions become the
-    most probable class). Without every class among the validation faces the
-    classifier is returned as it is, without ``predict_proba``.
+    on the validation faces, in stratified folds (5, or the fewest faces of a class:
+    the sigmoids are averaged; the SVM itself stays as fitted; predictions become the
+    most probable class). Without two validation faces of every class the classifier
+    is returned as it is, without ``predict_proba``.
     """
     if hasattr(classifier, "predict_proba"):
         return classifier
-    missing = np.setdiff1d(classifier.classes_, y_val)
-    if missing.size:
-        logger.warning("classes %s are missing from the validation faces: the model gets no "
-                       "predict_proba", missing.tolist())
+    counts = np.array([np.sum(y_val == label) for label in classifier.classes_])
+    if counts.min() < 2:
+        logger.warning("classes %s have fewer than 2 validation faces: the model gets no "
+                       "predict_proba", classifier.classes_[counts < 2].tolist())
         return classifier
-    calibrated = CalibratedClassifierCV(FrozenEstimator(classifier), method="sigmoid")
+    calibrated = CalibratedClassifierCV(FrozenEstimator(classifier), method="sigmoid",
+                                        cv=min(_CALIBRATION_FOLDS, int(counts.min())))
     return calibrated.fit(Z_val, y_val)
 
 

@@ -230,6 +230,8 @@ def run_stack(data_dir: str | os.PathLike, member_dirs: Mapping[str, str | os.Pa
               progress: bool = True, seed: int = 0) -> dict[str, Any]:
     """Fit the stack of trained runs on the validation faces, score it on the test faces.
 
+    The stack combines the tasks of :data:`STACK_TASKS` that at least one member predicts.
+
     Parameters
     ----------
     data_dir : path-like
@@ -273,7 +275,9 @@ def run_stack(data_dir: str | os.PathLike, member_dirs: Mapping[str, str | os.Pa
     val, test = parts["val"], parts["test"]
     stack = StackedFaceModel({name: member for name, (member, _) in members.items()},
                              seed=seed)
-    stack.fit_outputs(outputs["val"], {task: val.labels(task) for task in STACK_TASKS})
+    predicted = {task for member, _ in members.values() for task in member_tasks(member)}
+    stack.fit_outputs(outputs["val"], {task: val.labels(task) for task in STACK_TASKS
+                                       if task in predicted})
     combined = stack.combine(outputs["test"])
     rows, test_figures = [], {}
     for task in stack.tasks_:

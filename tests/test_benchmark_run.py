@@ -14,9 +14,11 @@ from pathlib import Path
 import pytest
 
 from benchmarks.config import DEFAULT_CONFIG, load_config, parse_config
+from pipelines.stacking import DEFAULT_MEMBERS
 from benchmarks.report import COLUMNS
 from benchmarks.run import main, subset_split
 from pipelines.dataset import default_data_dir, index_folder
+from pipelines.reports import read_predictions_csv
 from pipelines.splits import Split, load_or_create_split, names_sha256
 from tests.conftest import link_random_faces
 
@@ -24,7 +26,7 @@ DATA = default_data_dir()
 REPO = Path(__file__).resolve().parent.parent
 SAMPLE = 150
 PIPELINES = ["pixels-svm", "pixels-xgboost", "pixels-broken", "hog-svm", "hog-xgboost",
-             "cnn-default"]
+             "cnn-default", "linear", "stack"]
 CONFIG = {
     "tasks": ["gender", "age"],
     "predict_sample": 8,
@@ -34,6 +36,10 @@ CONFIG = {
                # C must be positive: this pipeline fails when its SVMs are fitted
                "broken": {"model": "svm", "params": {"C": -1}, "extractors": ["pixels"]}},
     "cnn": {"architectures": ["default"], "epochs": 3, "size": 64, "batch_size": 16},
+    # pipelines.run commands: a classical run, and a stack of it
+    "runs": {"linear": {"args": ["--features", "pixels:16:gray", "--model", "linear-svm",
+                                 "--tasks", "gender", "age"]},
+             "stack": {"args": ["--model", "stack", "--members", "{runs}/linear"]}},
     "quick": {"limit": 120, "epochs": 1, "size": 32,
               "models": {"xgboost": {"params": {"n_estimators": 5}}}},
 }
@@ -121,8 +127,10 @@ def test_tables_have_a_row_per_pipeline_and_task(resumed: Path) -> None:
         section = text.split(f"## {task}\n")[1].split("\n## ")[0]
         table = [line for line in section.splitlines() if line.startswith("|")]
         header = [cell.strip() for cell in table[0].strip("|").split("|")]
-        assert header[0] == "pipeline" and header[1:1 + len(figures)] == figures
-        assert header[-5:] == ["extraction s", "fit s", "predict faces/s", "model MB", "note"]
+        assert header[0] == "pipeline" and header[1] == figures[0]
+        assert header[2] == "vs best (paired)" and header[3:2 + len(figures)] == figures[1:]
+        assert header[-6:] == ["extraction s", "fit s", "wall s", "predict faces/s",
+                               "model MB", "note"]
         body = table[2:]
         assert sorted(line.split("`")[1] for line in body) == sorted(PIPELINES)
         assert all(len(line.strip("|").split("|")) == len(header) for line in body)
@@ -142,6 +150,29 @@ def test_every_pipeline_used_the_same_test_faces(resumed: Path, workdir: Path) -
     assert len(done) == 2 * (len(PIPELINES) - 1)
     assert {row["test_faces_sha256"] for row in done} == {names_sha256(split.test)}
     assert {row["n_test"] for row in done} == {len(split.test)}
+
+
+@pytest.mark.slow
+def test_every_row_has_its_interval_and_paired_test(resumed: Path) -> None:
+    rows = json.loads((resumed / "results.json").read_text())["rows"]
+    for task, key, higher in (("gender", "accuracy", True), ("age", "mae", False)):
+        done = sorted((row for row in rows if row["task"] == task and row["status"] == "done"),
+                      key=lambda row: -row[key] if higher else row[key])
+        for row in done:
+            assert row["ci95_low"] <= row[key] <= row["ci95_high"]
+        assert done[0]["vs_best_difference"] is None
+        for row in done[1:]:        # every pipeline scored the same test faces
+            assert row["n_paired"] == row["n_test"]
+            assert row["vs_best_difference"] == pytest.approx(row[key] - done[0][key])
+            assert (row["vs_best_p"] is None) == (not higher)
+    record = json.loads((resumed / "work" / "pipelines" / "linear.json").read_text())
+    files, true, predicted = read_predictions_csv(
+        resumed / "work" / "runs" / "linear" / "age_predictions.csv")
+    assert record["tasks"]["age"]["predictions"] == {
+        "files": files, "true": true.tolist(), "predicted": predicted.tolist()}
+    assert record["run_command"].startswith("python -m pipelines.run --features pixels:16:gray")
+    assert json.loads((resumed / "work" / "pipelines" / "stack.json").read_text())[
+        "run_command"].split("--members ")[1].startswith(str(resumed / "work" / "runs" / "linear"))
 
 
 @pytest.mark.slow
@@ -166,14 +197,34 @@ def test_only_a_deleted_result_runs_again(resumed: Path, workdir: Path, capsys) 
     assert "hog-svm" in capsys.readouterr().out
 
 
-def test_default_configuration_covers_every_pipeline() -> None:
+def test_default_configuration_runs_todays_pipelines() -> None:
     config = load_config(DEFAULT_CONFIG)
+    runs = {pipeline.name: pipeline for pipeline in config.pipelines()}
+    assert {pipeline.kind for pipeline in runs.values()} == {"run"}
+    # the stack's default members, each with its own command (the classical default with
+    # its age-group model too), then the stack of them
+    for name, args in DEFAULT_MEMBERS.items():
+        assert runs[name].args == (() if name == "classical" else args)
+        assert list(runs).index(name) < list(runs).index("stack")
+    members = runs["stack"].arguments("R")
+    assert members[members.index("--members") + 1:] == [f"R/{name}" for name in DEFAULT_MEMBERS]
+    assert runs["classical"].args == () and runs["classical"].tasks == config.tasks
+    assert runs["cnn-seed-baseline"].model == "cnn:seed_baseline"
+    assert runs["cnn-seed-baseline"].tasks == ("gender", "age")
+    assert runs["stack"].tasks == ("gender", "ethnicity", "age")
+    assert config.tasks == ("gender", "ethnicity", "age", "age_group")
+    quick = config.for_quick()
+    quick_runs = {pipeline.name: pipeline for pipeline in quick.pipelines()}
+    assert quick.limit and quick_runs["cnn"].arguments("R")[-2:] == ["--epochs", "2"]
+    assert quick_runs["classical"].arguments("R") == []
+
+
+def test_extractor_configuration_pairs_every_extractor_and_model() -> None:
+    config = load_config(REPO / "benchmarks" / "extractors.toml")
     names = [pipeline.name for pipeline in config.pipelines()]
     for extractor in ("pixels", "hog", "lbp", "hog+lbp", "pca", "dlib"):
         assert f"{extractor}-svm" in names and f"{extractor}-xgboost" in names
     assert names[-2:] == ["cnn-default", "cnn-seed_baseline"]
-    assert config.pipelines()[-1].tasks == ("gender", "age")
-    assert config.tasks == ("gender", "ethnicity", "age", "age_group")
     quick = config.for_quick()
     assert quick.limit and quick.cnn.epochs < config.cnn.epochs
     assert quick.models["xgboost"].params["n_estimators"] < 100
@@ -187,6 +238,14 @@ def test_default_configuration_covers_every_pipeline() -> None:
     ({"cnn": {"architectures": ["resnet"]}}, "unknown architectures"),
     ({"tasks": ["height"]}, "tasks must be"),
     ({"quick": {"models": {"forest": {"params": {}}}}}, "quick.models.forest"),
+    ({"runs": {"r": {"args": ["--model", "forest"]}}}, "pipelines.run refuses"),
+    ({"runs": {"r": {"args": ["--out", "x"]}}}, "--out are set by the benchmark"),
+    ({"runs": {"r": {"member": "dlib-height"}}}, "member must be one of"),
+    ({"runs": {"r": {"args": [], "member": "cnn"}}}, "either args"),
+    ({"runs": {"s": {"args": ["--model", "stack", "--members", "{runs}/later"]},
+               "later": {"args": []}}}, "names no earlier run"),
+    ({"runs": {"r": {"args": ["--model", "cnn", "--architecture", "seed_baseline",
+                              "--tasks", "ethnicity"]}}}, "no head for"),
 ])
 def test_invalid_configuration_is_refused(change: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):

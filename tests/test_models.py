@@ -187,6 +187,14 @@ def test_with_probabilities_calibrates_svm(data) -> None:
     # a class missing from the validation faces: no calibration, the model as it is
     assert with_probabilities(svm, X[160:][classes[160:] != 2],
                               classes[160:][classes[160:] != 2]) is svm
+    # a class with 3 validation faces: calibrated in 3 folds; with 1: not calibrated
+    rare = np.flatnonzero(classes[160:] == 2)
+    for kept, folds in ((3, 3), (1, None)):
+        keep = np.setdiff1d(np.arange(80), rare[kept:])
+        model = with_probabilities(svm, X[160:][keep], classes[160:][keep])
+        assert (model is svm) == (folds is None)
+        if folds:
+            assert model.cv == folds and model.predict_proba(X[:5]).shape == (5, 3)
 
 
 # --- checksummed saving and loading ----------------------------------------------------
