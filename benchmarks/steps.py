@@ -194,9 +194,7 @@ def classical_step(pipeline: ClassicalPipeline, job: Job) -> dict[str, Any]:
 
 def cnn_step(pipeline: CNNPipeline, job: Job) -> dict[str, Any]:
     """Train and score a CNN on its tasks; measure training, throughput and size."""
-    import tensorflow as tf
-
-    from models.cnn import load_model
+    from models.cnn import gpu_available, load_model
     from pipelines.cnn_training import train_cnn
 
     # both architectures under one recipe, as recorded: without the dlib distillation
@@ -223,7 +221,7 @@ def cnn_step(pipeline: CNNPipeline, job: Job) -> dict[str, Any]:
     return {"tasks": tasks, "epochs_run": summary["epochs_run"],
             "best_epoch": summary["best_epoch"],
             "train_images_per_second": summary["train_images_per_second"],
-            "device": "GPU" if tf.config.list_physical_devices("GPU") else "CPU"}
+            "device": "GPU" if gpu_available() else "CPU"}
 
 
 def _summary(out: Path) -> dict[str, Any]:

@@ -119,7 +119,7 @@ def test_ethnicity_loss_is_the_smoothed_cross_entropy_of_the_codes(smoothing):
     probabilities = np.random.default_rng(2).dirichlet(np.ones(5), size=5).astype(np.float32)
     targets = np.eye(5)[codes] * (1 - smoothing) + smoothing / 5
     expected = -(targets * np.log(probabilities)).sum(axis=1)
-    loss = np.asarray(cnn._sparse_crossentropy(smoothing)(codes, probabilities))
+    loss = np.asarray(cnn.training._sparse_crossentropy(smoothing)(codes, probabilities))
     np.testing.assert_allclose(loss, expected, rtol=1e-5)
     if smoothing == 0.0:  # Keras' own sparse loss, which has no smoothing
         reference = keras.losses.SparseCategoricalCrossentropy(reduction=None)
@@ -156,7 +156,7 @@ def test_augmentation_flips_faces_about_their_centre(monkeypatch):
 
     for name in ("AUGMENT_SHIFT", "AUGMENT_ROTATION_DEG", "AUGMENT_ZOOM",
                  "AUGMENT_BRIGHTNESS", "AUGMENT_CONTRAST"):
-        monkeypatch.setattr(cnn, name, 0.0)
+        monkeypatch.setattr(cnn.augmentation, name, 0.0)
     faces = np.random.default_rng(4).integers(0, 256, (64, SIZE, SIZE, 1)).astype(np.float32)
     out = cnn.augment_batch(tf.constant(faces), tf.random.Generator.from_seed(0)).numpy()
     same = np.isclose(out, faces, atol=1e-3).all(axis=(1, 2, 3))
@@ -411,7 +411,7 @@ def test_saved_predictor_predicts_the_same_in_a_fresh_process(trained, tmp_path)
     predictor.save(tmp_path / "cnn.joblib")
     subprocess.run([sys.executable, "-c", ROUND_TRIP, str(tmp_path / "cnn.joblib"),
                     str(tmp_path / "images.npy"), str(tmp_path / "out.npz")],
-                   check=True, cwd=Path(cnn.__file__).parents[1], capture_output=True)
+                   check=True, cwd=Path(cnn.__file__).parents[2], capture_output=True)
     got = np.load(tmp_path / "out.npz")
     reloaded = load_model(tmp_path / "cnn.joblib")
     assert isinstance(reloaded, CNNPredictor) and reloaded.tasks == TASKS and reloaded.mirror
