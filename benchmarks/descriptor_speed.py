@@ -19,7 +19,7 @@ Prints three tables:
    includes starting the worker processes, each of which imports TensorFlow and builds
    the network when ``network="keras"``);
 3. with ``--model`` (a run folder of :mod:`pipelines.run` with ``dlib`` features),
-   :func:`pipelines.predict.predict_photos` on ``--predict-sample`` crops
+   :func:`pipelines.photos.predict_photos` on ``--predict-sample`` crops
    (``--no-detect``), the run's descriptor step switched between the two networks.
 
 Faces are spread over the sorted folder; the descriptors of both networks are compared
@@ -159,7 +159,8 @@ def main(argv: list[str] | None = None) -> None:
     _table(("network", "wall s", "faces/s", "no face found"), rows)
 
     if args.model is not None:
-        from pipelines.predict import load_predictor, predict_photos
+        from pipelines.photos import predict_photos
+        from pipelines.predictor import load_predictor
         crops = list(paths[:: max(1, len(paths) // args.predict_sample)][:args.predict_sample])
         print(f"\n3. pipelines.predict {args.model} on {len(crops)} crops (--no-detect), "
               f"one process\n")

@@ -242,7 +242,7 @@ def _task_row(summary: dict[str, Any], task: str) -> dict[str, Any]:
 def run_figures(out: Path, tasks: Sequence[str], sample: Sequence[str]) -> dict[str, Any]:
     """Figures of a ``pipelines.run`` folder per task: test metrics, per-face predictions,
     fit time, throughput and size of the model file that predicts the task."""
-    from pipelines.predict import load_model_file, model_files
+    from pipelines.predictor import load_model_file, model_files
 
     summary = _summary(out)
     throughput, sizes, source = {}, {}, {}

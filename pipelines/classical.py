@@ -24,11 +24,9 @@ from __future__ import annotations
 
 import logging
 import os
-import platform
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from importlib import metadata as package_metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
@@ -44,6 +42,7 @@ from features.io import COLOR_MODES
 from models.factory import (MODELS, Mirrored, MirrorAveraged, PerView, make_estimator,
                             make_reducer)
 from models.xgboost_models import fit_on_cluster
+from pipelines.artifacts import PACKAGE, task_model_file, versions
 from pipelines.cluster import (SINGLE_MACHINE_MODELS, check_single_machine_model,
                                check_workers_read, connect, on_this_machine)
 from pipelines.dataset import DatasetIndex, index_folder
@@ -58,7 +57,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-PACKAGE = "utkface-toolkit"
 #: Parameter grids tried on the validation split with ``search=True``, per model and
 #: estimator kind; without a search the model's defaults are used.
 SEARCH_GRIDS: dict[str, dict[str, list[dict[str, Any]]]] = {
@@ -572,18 +570,6 @@ def _check_assembled(pipeline: Pipeline, paths: Sequence[str], expected: np.ndar
                            f"but {expected} from the cached features")
 
 
-def versions() -> dict[str, str]:
-    """Versions of this package and of the libraries a saved model depends on."""
-    names = (PACKAGE, "numpy", "scikit-learn", "scikit-image", "xgboost", "joblib", "pillow")
-    found = {"python": platform.python_version()}
-    for name in names:
-        try:
-            found[name] = package_metadata.version(name)
-        except package_metadata.PackageNotFoundError:
-            found[name] = "not installed"
-    return found
-
-
 def save_results(out_dir: str | os.PathLike, results: Sequence[TaskResult],
                  config: TrainConfig, split_info: dict[str, Any],
                  command: str | None = None) -> list[dict[str, Any]]:
@@ -630,7 +616,7 @@ def save_results(out_dir: str | os.PathLike, results: Sequence[TaskResult],
             "versions": installed,
         }
         pipeline = result.pipeline
-        save_artifact(out_dir / f"{result.task}_model.joblib",
+        save_artifact(out_dir / task_model_file(result.task),
                       lambda temp: joblib.dump(pipeline, temp), metadata)
         write_task_report(out_dir, result.task, result.test_metrics, result.test_true,
                           result.test_predicted, result.test_files)

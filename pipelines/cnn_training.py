@@ -34,6 +34,8 @@ from models.face_model import ARCHITECTURE as FACE_ARCHITECTURE
 from models.face_model import aligned_chips, top_training_data
 from models.precision import check_precision, set_precision
 from models.safety import file_sha256
+from pipelines.artifacts import (CNN_CHECKPOINT_FILE, CNN_MODEL_FILE, CNN_SUMMARY_FILE,
+                                 CURVES_FILE, SPLIT_FILE)
 from pipelines.dataset import DatasetIndex, index_folder
 from pipelines.metrics import evaluate_task, headline
 from pipelines.reports import atomic_path, atomic_write_json, prepare_output_dir, write_task_report
@@ -54,11 +56,6 @@ FACE_EPOCHS = 10
 FACE_FREEZE_EPOCHS = 2
 FACE_HEAD_LEARNING_RATE = 3e-3
 FACE_LEARNING_RATE = 1e-4
-MODEL_FILE = "model.keras"
-CHECKPOINT_FILE = "best.weights.h5"
-CURVES_FILE = "training_curves.png"
-SUMMARY_FILE = "cnn_summary.json"
-SPLIT_FILE = "split.json"
 _CURVE_METRICS = (("loss", "total loss"), ("gender_acc", "gender accuracy"),
                   ("ethnicity_acc", "ethnicity accuracy"), ("age_mae", "age MAE (years)"))
 
@@ -386,14 +383,14 @@ def train_cnn(data_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
                     summary["activations_seconds"])
     history = fit_network(
         trained, train, val, epochs=epochs, batch_size=batch_size,
-        checkpoint_path=out / CHECKPOINT_FILE, learning_rate=learning_rate,
+        checkpoint_path=out / CNN_CHECKPOINT_FILE, learning_rate=learning_rate,
         head_learning_rate=FACE_HEAD_LEARNING_RATE if predictor.aligned else None,
         freeze_trunk_epochs=freeze_trunk_epochs, augment=not predictor.aligned,
         descriptors=descriptors, seed=seed, verbose=2 if progress else 0)
     seconds = time.perf_counter() - started
-    (out / CHECKPOINT_FILE).unlink()
+    (out / CNN_CHECKPOINT_FILE).unlink()
     predictor = CNNPredictor(set_precision(network, "float32"))
-    predictor.save(out / MODEL_FILE)
+    predictor.save(out / CNN_MODEL_FILE)
     plot_history(history, out / CURVES_FILE)
     validation = _headlines(evaluate(predictor, faces["val"]))
     scores = evaluate(predictor, faces["test"])
@@ -401,7 +398,7 @@ def train_cnn(data_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
         write_task_report(out, task, metrics, faces["test"].index.labels(task), predicted,
                           faces["test"].index.file_names)
     summary.update({
-        "model_path": str(out / MODEL_FILE), "model_sha256": file_sha256(out / MODEL_FILE),
+        "model_path": str(out / CNN_MODEL_FILE), "model_sha256": file_sha256(out / CNN_MODEL_FILE),
         "epochs_run": len(history["loss"]),
         "best_epoch": int(np.argmin(history.get("val_task_loss", history["val_loss"]))) + 1,
         "train_seconds": round(seconds, 1),
@@ -410,7 +407,7 @@ def train_cnn(data_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
         "history": history, "validation": validation, "test": _headlines(scores),
         "test_faces_sha256": names_sha256(faces["test"].index.file_names),
     })
-    atomic_write_json(out / SUMMARY_FILE, summary)
+    atomic_write_json(out / CNN_SUMMARY_FILE, summary)
     logger.info("trained %s in %.0f s; validation: %s; test: %s", network.name, seconds,
                 validation, summary["test"])
     return summary

@@ -28,7 +28,7 @@ from pipelines.cnn_training import (DEFAULT_BATCH_SIZE, DEFAULT_EPOCHS, FACE_EPO
 from pipelines.cluster import SCHEDULER_ENV, SVM_CLUSTER_LIMIT, ClusterError, scheduler_address
 from pipelines.dataset import default_data_dir
 from pipelines.labels import TASKS
-from pipelines.predict import ModelError
+from pipelines.predictor import ModelError
 from pipelines.reports import (OutputExistsError, format_summary_table, prepare_output_dir,
                                result_row)
 from pipelines.stacking import DEFAULT_MEMBERS, MEMBERS_DIR, has_model, run_stack

@@ -24,11 +24,10 @@ import numpy as np
 
 from models.safety import file_sha256, read_metadata
 from models.stack import StackedFaceModel, is_multitask, labels_of, member_tasks
-from pipelines.classical import PACKAGE, versions
-from pipelines.cnn_training import SUMMARY_FILE as CNN_SUMMARY_FILE
+from pipelines.artifacts import CNN_SUMMARY_FILE, PACKAGE, STACK_FILE, SUMMARY_FILE, versions
 from pipelines.dataset import DatasetIndex, index_folder
 from pipelines.metrics import evaluate_task, headline
-from pipelines.predict import STACK_FILE, ModelError, load_model_file, model_files
+from pipelines.predictor import ModelError, load_model_file, model_files
 from pipelines.reports import (atomic_path, atomic_write_json, prepare_output_dir, result_row,
                                save_artifact, write_task_report)
 from pipelines.significance import bootstrap_interval, compare, face_scores
@@ -39,7 +38,6 @@ logger = logging.getLogger(__name__)
 #: Tasks the stack combines; age groups come from the predicted age.
 STACK_TASKS: tuple[str, ...] = ("gender", "ethnicity", "age")
 MEMBERS_DIR = "members"
-SUMMARY_FILE = "summary.json"
 
 #: Member name -> ``pipelines.run`` arguments that train it (``--out`` and the data,
 #: split, cache and seed options are added).
@@ -57,7 +55,7 @@ DEFAULT_MEMBERS: dict[str, tuple[str, ...]] = {
 
 
 def has_model(folder: str | os.PathLike) -> bool:
-    """Whether ``folder`` holds a trained run (a model file :mod:`pipelines.predict` reads)."""
+    """Whether ``folder`` holds a trained run (a model file :mod:`pipelines.predictor` reads)."""
     try:
         model_files(folder)
     except ModelError:
@@ -93,7 +91,7 @@ def load_member(folder: str | os.PathLike) -> tuple[Any, str]:
 
     Raises
     ------
-    pipelines.predict.ModelError
+    pipelines.predictor.ModelError
         For a folder without a model, an unreadable model, or a file whose SHA-256
         differs from the one recorded when it was trained.
     """
@@ -261,7 +259,7 @@ def run_stack(data_dir: str | os.PathLike, member_dirs: Mapping[str, str | os.Pa
 
     Raises
     ------
-    pipelines.predict.ModelError
+    pipelines.predictor.ModelError
         For a missing, unreadable or altered member (before anything is written).
     """
     start = time.perf_counter()

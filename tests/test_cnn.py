@@ -16,7 +16,8 @@ from models.cnn import (OUTPUT_LAYERS, TASKS, CNNPredictor, build_model, compile
                         encode_targets, fit_network, load_model, make_dataset,
                         set_trunk_trainable)
 from models.precision import set_precision
-from pipelines.cnn_training import MODEL_FILE, SPLIT_FILE, train_cnn
+from pipelines.artifacts import CNN_MODEL_FILE, SPLIT_FILE
+from pipelines.cnn_training import train_cnn
 from pipelines.dataset import default_data_dir, index_folder
 
 # Keras converts TensorFlow tensors with np.array(copy=False), which numpy 2 flags
@@ -310,7 +311,7 @@ def test_teacher_descriptors_are_dlibs_standardised_on_the_training_faces(face_d
 @pytest.mark.slow
 def test_train_cnn_writes_model_reports_and_summary(trained):
     out = Path(trained["model_path"]).parent
-    for name in (MODEL_FILE, SPLIT_FILE, "training_curves.png", "cnn_summary.json",
+    for name in (CNN_MODEL_FILE, SPLIT_FILE, "training_curves.png", "cnn_summary.json",
                  "gender_metrics.json", "ethnicity_confusion.png", "age_error.png"):
         assert (out / name).is_file(), name
     assert not (out / "best.weights.h5").exists()
@@ -437,7 +438,7 @@ def test_fine_tuning_starts_from_the_saved_weights_and_changes_them(trained, fac
     assert result["test_before"]["gender"]["accuracy"] == pytest.approx(np.mean(before == truth))
     assert result["history"]["trunk_frozen"] == [1.0, 0.0]
     original = saved.network
-    tuned = load_model(out / MODEL_FILE).network
+    tuned = load_model(out / CNN_MODEL_FILE).network
 
     def changed(layer: str) -> bool:
         return not np.array_equal(original.get_layer(layer).get_weights()[0],
@@ -447,6 +448,6 @@ def test_fine_tuning_starts_from_the_saved_weights_and_changes_them(trained, fac
     # the trunk was frozen in epoch 1, so it changed only if epoch 2 was the best
     assert changed("conv32") == (result["best_epoch"] == 2)
     with pytest.raises(ValueError, match="no head"):
-        train_cnn(face_dir, tmp_path / "other", init_from=out / MODEL_FILE, tasks=["age"])
+        train_cnn(face_dir, tmp_path / "other", init_from=out / CNN_MODEL_FILE, tasks=["age"])
     with pytest.raises(ValueError, match="size"):
         train_cnn(face_dir, tmp_path / "other", init_from=trained["model_path"], size=(64, 64))

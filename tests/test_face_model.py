@@ -17,7 +17,8 @@ from models.cnn import (TASKS, CNNPredictor, build_model, compile_network,  # no
                         encode_targets, load_model, set_trunk_trainable)
 from models.face_model import (AGE_DISTRIBUTION, ARCHITECTURE, LOAD_SIZE,  # noqa: E402
                                label_distribution_loss, split_top, top_training_data)
-from pipelines.cnn_training import MODEL_FILE, train_cnn  # noqa: E402
+from pipelines.artifacts import CNN_MODEL_FILE  # noqa: E402
+from pipelines.cnn_training import train_cnn  # noqa: E402
 from pipelines.dataset import default_data_dir, index_folder, parse_utkface_name  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings(
@@ -137,8 +138,8 @@ def test_train_cnn_fine_tunes_the_face_resnet(tmp_path) -> None:
     assert summary["views"] == {"mirror": True, "jitter": False}
     assert summary["activations_seconds"] > 0
     assert set(summary["test"]) == set(TASKS)
-    assert load_model(tmp_path / "out" / MODEL_FILE).aligned
-    tuned = train_cnn(folder, tmp_path / "tuned", init_from=tmp_path / "out" / MODEL_FILE,
+    assert load_model(tmp_path / "out" / CNN_MODEL_FILE).aligned
+    tuned = train_cnn(folder, tmp_path / "tuned", init_from=tmp_path / "out" / CNN_MODEL_FILE,
                       epochs=1, batch_size=16, n_jobs=1, progress=False)
     assert tuned["architecture"] == ARCHITECTURE and tuned["history"]["trunk_frozen"] == [0.0]
     assert tuned["test_before"] == summary["test"]

@@ -17,13 +17,15 @@ from sklearn.svm import LinearSVC
 
 import features.io
 from features.faces import FaceBox, crop_face
-from pipelines import predict
-from pipelines.classical import FeatureSpec, TrainConfig, run_classical, versions
-from pipelines.dataset import default_data_dir, index_folder
 from models.safety import file_sha256
+from pipelines import predictor as predictor_module
+from pipelines.artifacts import versions
+from pipelines.classical import FeatureSpec, TrainConfig, run_classical
+from pipelines.dataset import default_data_dir, index_folder
 from pipelines.labels import AGE_GROUP_NAMES, ETHNICITY_NAMES, GENDER_NAMES, age_group
-from pipelines.predict import (FACE_COLUMNS, find_photos, load_predictor, main,
-                               predict_photos)
+from pipelines.photos import FACE_COLUMNS, find_photos, predict_photos
+from pipelines.predict import is_model_path, main
+from pipelines.predictor import load_predictor
 from pipelines.reports import save_artifact
 from pipelines.splits import Split
 from pipelines.writers import open_writer
@@ -357,7 +359,7 @@ def test_cnn_run_folder(face_paths, tmp_path: Path) -> None:
     assert record["ethnicity"] == ETHNICITY_NAMES[values["ethnicity"][0]]
     assert record["age"] == max(values["age"][0], 0.0)
     (tmp_path / "model.keras").write_bytes(b"PK\x03\x04 truncated")
-    with pytest.raises(predict.ModelError, match="corrupt"):
+    with pytest.raises(predictor_module.ModelError, match="corrupt"):
         load_predictor(tmp_path)
 
 
@@ -371,13 +373,13 @@ def test_model_given_first_or_as_option_gives_the_same_rows(run: Path, face_path
     assert main(["--model", str(run), *face_paths[:2], "--no-detect", "--out",
                  str(option)]) == 0
     assert read_csv(first) == read_csv(option)
-    assert predict.is_model_path(run) and predict.is_model_path(run / "gender_model.joblib")
-    assert not predict.is_model_path(Path(face_paths[0]))
-    assert not predict.is_model_path(Path(face_paths[0]).parent)
+    assert is_model_path(run) and is_model_path(run / "gender_model.joblib")
+    assert not is_model_path(Path(face_paths[0]))
+    assert not is_model_path(Path(face_paths[0]).parent)
 
 
 def test_bundled_model_is_small_and_records_how_it_was_trained() -> None:
-    folder = predict.bundled_model()
+    folder = predictor_module.bundled_model()
     assert sum(file.stat().st_size for file in folder.iterdir()) <= 5 * 2 ** 20
     split = Split.load(REPO / "splits" / "utkface.json")
     for task in ("gender", "ethnicity", "age"):

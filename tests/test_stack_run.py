@@ -10,6 +10,8 @@ import pytest
 
 from models.stack import StackedFaceModel
 from pipelines import predict, stacking
+from pipelines.photos import predict_photos
+from pipelines.predictor import load_predictor
 from pipelines.classical import FeatureSpec, TrainConfig, run_classical
 from pipelines.dataset import default_data_dir, index_folder
 from pipelines.run import main
@@ -107,8 +109,8 @@ def test_the_saved_stack_predicts_alone_and_through_predict(root, stacked, tmp_p
     model = joblib.load(out / "stack_model.joblib")
     alone = model.predict(faces)
     assert set(alone) == set(stacking.STACK_TASKS)
-    records = [record for (record,) in predict.predict_photos(
-        predict.load_predictor(out), faces, detect=False, progress=False)]
+    records = [record for (record,) in predict_photos(
+        load_predictor(out), faces, detect=False, progress=False)]
     assert [record["gender"] for record in records] == \
         [("male", "female")[code] for code in alone["gender"]]
     np.testing.assert_allclose([record["age"] for record in records], alone["age"], atol=1e-6)
