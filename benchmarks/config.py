@@ -51,7 +51,7 @@ from typing import Any, Mapping
 
 from models.cnn import ARCHITECTURES, resolve_tasks
 from models.factory import MODELS
-from pipelines.classical import FeatureSpec
+from pipelines.feature_blocks import FeatureSpec
 from pipelines.labels import TASKS
 from pipelines.run import build_parser
 from pipelines.stacking import DEFAULT_MEMBERS, STACK_TASKS

@@ -50,7 +50,7 @@ import numpy as np
 from benchmarks import steps
 from benchmarks.config import DEFAULT_CONFIG, BenchmarkConfig, load_config
 from benchmarks.report import failed_rows, summary_tables, table_rows, write_report
-from pipelines.classical import versions
+from pipelines.artifacts import versions
 from pipelines.cluster import SCHEDULER_ENV, SVM_CLUSTER_LIMIT, scheduler_address
 from pipelines.dataset import DatasetIndex, default_data_dir, index_folder
 from pipelines.labels import TASKS

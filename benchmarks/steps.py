@@ -9,7 +9,7 @@ sends nothing, which the parent reports as such.
 What is measured:
 
 - extraction: wall time of extracting every block of the split's faces, and of the
-  mirrored validation and test faces (:func:`pipelines.classical.extract_views`), in
+  mirrored validation and test faces (:func:`pipelines.feature_blocks.extract_views`), in
   parallel, with how many of those calls the feature cache answered;
 - fit: the chosen model's fit on the extracted features (classical), or the whole
   network's training, all heads and validation passes included (CNN);
@@ -43,9 +43,10 @@ from joblib.externals.loky import get_reusable_executor
 
 from benchmarks.config import ClassicalPipeline, CNNPipeline, RunPipeline
 from models.factory import MODELS
-from pipelines.classical import FeatureSpec, TrainConfig, extract_views, save_results, train_tasks
+from pipelines.classical import TrainConfig, save_results, train_tasks
 from pipelines.cluster import check_workers_read, connect
 from pipelines.dataset import DatasetIndex, parse_utkface_name
+from pipelines.feature_blocks import FeatureSpec, extract_views
 from pipelines.metrics import group_gap, headline
 from pipelines.reports import predictions_path, prepare_output_dir, read_predictions_csv
 from pipelines.run import LOG_FORMAT

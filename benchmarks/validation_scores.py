@@ -26,8 +26,9 @@ import joblib
 import numpy as np
 from sklearn.metrics import f1_score, log_loss
 
-from pipelines.classical import FeatureSpec, extract_views, task_kind
+from pipelines.classical import task_kind
 from pipelines.dataset import index_folder
+from pipelines.feature_blocks import FeatureSpec, extract_views
 from pipelines.run import DEFAULT_CACHE
 from pipelines.splits import load_or_create_split
 

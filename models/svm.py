@@ -13,7 +13,7 @@ from sklearn.svm import SVC, SVR, LinearSVC, LinearSVR
 
 KERNELS = ("rbf", "linear")
 #: Defaults chosen on the validation split of the shared UTKFace split, on the default
-#: features after PCA (``pipelines.classical.DEFAULT_FEATURES``): for the RBF kernel,
+#: features after PCA (``pipelines.feature_blocks.DEFAULT_FEATURES``): for the RBF kernel,
 #: C from 3 to 30 changed gender and ethnicity accuracy by under half a point and C=30
 #: gave the lowest age error; for the linear models, C=0.01 (classes) and C=0.1 (age)
 #: were best or within 0.3 points of the best of 0.001-0.1 and 0.01-1.

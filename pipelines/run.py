@@ -22,11 +22,12 @@ from features.io import COLOR_MODES
 from models.cnn import ARCHITECTURE_NAMES
 from models.factory import MODELS
 from models.precision import PRECISIONS
-from pipelines.classical import DEFAULT_FEATURES, FeatureSpec, TrainConfig, run_classical
+from pipelines.classical import TrainConfig, run_classical
 from pipelines.cnn_training import (DEFAULT_BATCH_SIZE, DEFAULT_EPOCHS, FACE_EPOCHS,
                                     FACE_FREEZE_EPOCHS, train_cnn)
 from pipelines.cluster import SCHEDULER_ENV, SVM_CLUSTER_LIMIT, ClusterError, scheduler_address
 from pipelines.dataset import default_data_dir
+from pipelines.feature_blocks import DEFAULT_FEATURES, FeatureSpec
 from pipelines.labels import TASKS
 from pipelines.predictor import ModelError
 from pipelines.reports import (OutputExistsError, format_summary_table, prepare_output_dir,

@@ -21,9 +21,10 @@ from features import extract_features, make_extractor
 from features.io import map_image_chunks
 from models.xgboost_models import fit_on_cluster, make_xgboost
 from pipelines import cluster
-from pipelines.classical import FeatureSpec, TrainConfig, extract_blocks, train_tasks
+from pipelines.classical import TrainConfig, train_tasks
 from pipelines.cluster import ClusterError, connect, scheduler_address
 from pipelines.dataset import DatasetIndex, index_folder
+from pipelines.feature_blocks import FeatureSpec, extract_blocks
 from pipelines.run import main
 from tests.conftest import link_faces
 

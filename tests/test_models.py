@@ -14,7 +14,8 @@ from models.factory import (MODELS, GlobalScaler, Mirrored, MirrorAveraged, PerV
 from models.safety import ChecksumError, file_sha256, load_model, metadata_path
 from models.svm import make_svm
 from models.xgboost_models import EncodedClassifier, make_xgboost
-from pipelines.classical import FeatureSpec, TrainConfig, task_kind, with_probabilities
+from pipelines.classical import TrainConfig, task_kind, with_probabilities
+from pipelines.feature_blocks import FeatureSpec
 from pipelines.reports import save_artifact
 
 

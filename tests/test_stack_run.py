@@ -10,9 +10,10 @@ import pytest
 
 from models.stack import StackedFaceModel
 from pipelines import predict, stacking
+from pipelines.feature_blocks import FeatureSpec
 from pipelines.photos import predict_photos
 from pipelines.predictor import load_predictor
-from pipelines.classical import FeatureSpec, TrainConfig, run_classical
+from pipelines.classical import TrainConfig, run_classical
 from pipelines.dataset import default_data_dir, index_folder
 from pipelines.run import main
 from pipelines.splits import load_or_create_split, names_sha256
