@@ -369,10 +369,11 @@ def markdown(rows: Sequence[Mapping[str, Any]], context: Mapping[str, Any],
         "**Wall s**: the whole step; for a `pipelines.run` command, the command from start "
         "to end (features read from the cache when extracted before). "
         "**Predict faces/s**: the saved model predicting from image files to labels, end "
-        f"to end in one process, on the first {context['predict_sample']:,} test faces "
-        "(features of each face and of its mirror image for the classical models; one pass "
-        "for all heads of a CNN or a stack). **Model MB**: the saved file (the whole pipeline; "
-        "one `model.keras` for all heads of a CNN; a stack's file holds its members). The best value of each column is in bold.",
+        f"to end in one process, on the first {context['predict_sample']:,} test faces it "
+        "scored (features of each face and of its mirror image for the classical models; "
+        "one pass for all heads of a CNN or a stack). **Model MB**: the saved file (the "
+        "whole pipeline; one `model.keras` for all heads of a CNN; a stack's file holds its "
+        "members). The best value of each column is in bold.",
     ]
     for task in TASKS:
         if not any(row["task"] == task for row in rows):

@@ -240,12 +240,20 @@ def _task_row(summary: dict[str, Any], task: str) -> dict[str, Any]:
     return rows[0] if rows else {}
 
 
-def run_figures(out: Path, tasks: Sequence[str], sample: Sequence[str]) -> dict[str, Any]:
+def run_figures(out: Path, tasks: Sequence[str], data: Path,
+                predict_sample: int) -> dict[str, Any]:
     """Figures of a ``pipelines.run`` folder per task: test metrics, per-face predictions,
-    fit time, throughput and size of the model file that predicts the task."""
+    fit time, throughput and size of the model file that predicts the task.
+
+    Throughput is timed on the first ``predict_sample`` test faces the run scored (a
+    descriptor pipeline leaves out the faces dlib finds no face in, which its saved
+    model cannot judge either).
+    """
     from pipelines.predictor import load_model_file, model_files
 
     summary = _summary(out)
+    scored = {task: read_predictions_csv(predictions_path(out, task)) for task in tasks}
+    sample = [os.path.join(data, name) for name in scored[tasks[0]][0][:predict_sample]]
     throughput, sizes, source = {}, {}, {}
     for path in model_files(out):
         models = load_model_file(path)
@@ -257,7 +265,7 @@ def run_figures(out: Path, tasks: Sequence[str], sample: Sequence[str]) -> dict[
     figures = {}
     for task in tasks:
         metrics = json.loads((out / f"{task}_metrics.json").read_text(encoding="utf-8"))
-        files, true, predicted = read_predictions_csv(predictions_path(out, task))
+        files, true, predicted = scored[task]
         row = _task_row(summary, task)
         path = source[task]
         figures[task] = {
@@ -313,9 +321,8 @@ def run_step(pipeline: RunPipeline, job: Job) -> dict[str, Any]:
                            + (f": {said[-1]}" if said else ""))
     seconds = time.perf_counter() - start
     summary = _summary(job.out)
-    sample = [os.path.join(job.data, name)
-              for name in Split.load(job.split).test[:job.predict_sample]]
-    return {"tasks": run_figures(job.out, pipeline.tasks, sample), "run_command": command,
+    return {"tasks": run_figures(job.out, pipeline.tasks, job.data, job.predict_sample),
+            "run_command": command,
             "command_s": round(seconds, 1),
             "epochs_run": summary.get("epochs_run"), "best_epoch": summary.get("best_epoch"),
             "train_images_per_second": summary.get("train_images_per_second")}
