@@ -196,15 +196,16 @@ def classical_step(pipeline: ClassicalPipeline, job: Job) -> dict[str, Any]:
 def cnn_step(pipeline: CNNPipeline, job: Job) -> dict[str, Any]:
     """Train and score a CNN on its tasks; measure training, throughput and size."""
     from models.cnn import gpu_available, load_model
-    from pipelines.cnn_training import train_cnn
+    from pipelines.cnn_training import CNNConfig, train_cnn
 
     # both architectures under one recipe, as recorded: without the dlib distillation
     # that pipelines.run adds to the default architecture
-    summary = train_cnn(job.data, job.out, architecture=pipeline.architecture,
-                        tasks=pipeline.tasks, manifest_path=job.split, size=pipeline.size,
-                        color=pipeline.color, epochs=pipeline.epochs,
-                        batch_size=pipeline.batch_size, distill=False, seed=job.seed,
-                        n_jobs=job.n_jobs, overwrite=True, progress=job.progress)
+    config = CNNConfig(architecture=pipeline.architecture, tasks=pipeline.tasks,
+                       size=pipeline.size, color=pipeline.color, epochs=pipeline.epochs,
+                       batch_size=pipeline.batch_size, distill=False, seed=job.seed,
+                       n_jobs=job.n_jobs)
+    summary = train_cnn(job.data, job.out, config, manifest_path=job.split, overwrite=True,
+                        progress=job.progress)
     model_path = Path(summary["model_path"])
     sample = [os.path.join(job.data, name)
               for name in Split.load(job.split).test[:job.predict_sample]]

@@ -27,11 +27,11 @@ import numpy as np
 from features.embeddings import N_FEATURES, DlibFaceDescriptor
 from features.extract import extract_features
 from features.io import DEFAULT_SIZE, load_images
-from models.cnn import (CNNPredictor, DEFAULT_DESCRIPTOR_WEIGHT, DEFAULT_LEARNING_RATE,
-                        OUTPUT_LAYERS, build_model, distribution_strategy, fit_network,
-                        load_model, resolve_tasks, select_tasks)
+from models.cnn import (DEFAULT_DESCRIPTOR_WEIGHT, DEFAULT_LEARNING_RATE, OUTPUT_LAYERS,
+                        CNNPredictor, FitSchedule, build_model, distribution_strategy,
+                        fit_network, load_model, network_tasks, resolve_tasks, select_tasks)
 from models.face_model import ARCHITECTURE as FACE_ARCHITECTURE
-from models.face_model import aligned_chips, top_training_data
+from models.face_model import aligned_chips, is_face_model, top_training_data
 from models.precision import check_precision, set_precision
 from models.safety import file_sha256
 from pipelines.artifacts import (CNN_CHECKPOINT_FILE, CNN_MODEL_FILE, CNN_SUMMARY_FILE,
@@ -171,21 +171,22 @@ def _check_teacher() -> None:
                           f"(--no-distill, distill=False)") from error
 
 
-def _initial_network(init_from: str | os.PathLike | None, architecture: str,
-                     tasks: Sequence[str] | None, size: tuple[int, int] | None,
-                     color: str | None, seed: int):
-    """A saved network (restricted to ``tasks``), or a new one of ``architecture``."""
-    if init_from is None:
-        size = tuple(size or DEFAULT_SIZE)
-        channels = 1 if (color or DEFAULT_COLOR) == "gray" else 3
-        return build_model(architecture, (*size, channels), resolve_tasks(architecture, tasks),
-                           seed=seed)
-    saved = load_model(init_from)
-    if size is not None and tuple(size) != saved.size:
-        raise ValueError(f"{init_from} takes images of size {saved.size}, not {tuple(size)}")
-    if color is not None and color != saved.color:
-        raise ValueError(f"{init_from} takes {saved.color!r} images, not {color!r}")
-    return select_tasks(saved.network, tasks or saved.tasks)
+def _initial_network(config: CNNConfig):
+    """A saved network (restricted to the config's tasks), or a new one of its
+    architecture."""
+    if config.init_from is None:
+        size = tuple(config.size or DEFAULT_SIZE)
+        channels = 1 if (config.color or DEFAULT_COLOR) == "gray" else 3
+        return build_model(config.architecture, (*size, channels),
+                           resolve_tasks(config.architecture, config.tasks), seed=config.seed)
+    saved = load_model(config.init_from)
+    if config.size is not None and tuple(config.size) != saved.size:
+        raise ValueError(f"{config.init_from} takes images of size {saved.size}, "
+                         f"not {tuple(config.size)}")
+    if config.color is not None and config.color != saved.color:
+        raise ValueError(f"{config.init_from} takes {saved.color!r} images, "
+                         f"not {config.color!r}")
+    return select_tasks(saved.network, config.tasks or saved.tasks)
 
 
 def plot_history(history: dict[str, list[float]], path: str | os.PathLike) -> Path:
@@ -212,55 +213,35 @@ def plot_history(history: dict[str, list[float]], path: str | os.PathLike) -> Pa
     return Path(path)
 
 
-def train_cnn(data_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
-              architecture: str = "default", tasks: Sequence[str] | None = None,
-              manifest_path: str | os.PathLike | None = None,
-              size: tuple[int, int] | None = None, color: str | None = None,
-              epochs: int | None = None, batch_size: int = DEFAULT_BATCH_SIZE,
-              learning_rate: float | None = None, precision: str = "float32", seed: int = 0,
-              n_jobs: int = -1, init_from: str | os.PathLike | None = None,
-              freeze_trunk_epochs: int | None = None, distill: bool | None = None,
-              cache_dir: str | os.PathLike | None = None, overwrite: bool = False,
-              max_train: int | None = None, progress: bool = True) -> dict[str, Any]:
-    """Train a CNN (or fine-tune a saved one) on a labelled folder, then score it.
+@dataclass(frozen=True)
+class CNNConfig:
+    """What :func:`train_cnn` trains, and how; settings left None take the defaults below.
 
-    The network trains on the ``train`` part of the split, early-stops and picks its
-    best epoch on ``val``, and is scored once on ``test``; see the module docstring for
-    the files written. Training uses the GPU when TensorFlow sees one, and the
-    ``tf.distribute`` strategy of :func:`models.cnn.distribution_strategy` (several
-    GPUs, or several workers with ``TF_CONFIG``); ``batch_size`` is then the global batch.
-
-    Parameters
+    Attributes
     ----------
-    data_dir : path-like
-        Folder of UTKFace-named images.
-    out_dir : path-like
-        Results folder; it must be empty or absent unless ``overwrite``.
     architecture : {"default", "seed_baseline", "face-resnet"}
         Network design for a new network (ignored with ``init_from``). ``face-resnet``
         fine-tunes dlib's pretrained face ResNet (:mod:`models.face_model`) on aligned
         chips: the frozen part of its trunk runs once per training face and mirror image,
         and the epochs train its top blocks and the heads on those activations.
-    tasks : sequence of str, optional
+    tasks : tuple of str, optional
         Heads to train; by default every head of the architecture (or of the saved
         network). With ``init_from`` a subset drops the other heads.
-    manifest_path : path-like, optional
-        Split manifest, created (split seed 0, 80/10/10) if absent; defaults to
-        ``out_dir/split.json``. Pass the project's shared manifest to compare models.
     size : tuple of int, optional
         Input (height, width); 128x128 for a new network, the saved one's otherwise.
     color : {"gray", "rgb"}, optional
         Input colour; grayscale for a new network, the saved one's otherwise.
     epochs : int, optional
-        Maximum epochs (early stopping may end sooner); 45 (``FACE_EPOCHS`` for a
-        ``face-resnet`` network).
+        Maximum epochs (early stopping may end sooner); :data:`DEFAULT_EPOCHS`
+        (:data:`FACE_EPOCHS` for a ``face-resnet`` network).
     batch_size : int
-        Faces per step.
+        Faces per step (the global batch over several devices).
     learning_rate : float, optional
-        Peak learning rate; 1e-3 for a new network, 3e-4 when fine-tuning, 1e-4 for a
-        ``face-resnet`` network (whose heads-only epochs peak at 3e-3).
+        Peak learning rate; 1e-3 for a new network, :data:`FINE_TUNE_LEARNING_RATE` when
+        fine-tuning, :data:`FACE_LEARNING_RATE` for a ``face-resnet`` network (whose
+        heads-only epochs peak at :data:`FACE_HEAD_LEARNING_RATE`).
     precision : {"float32", "mixed_bfloat16"}
-        Arithmetic of the training (see :mod:`models.precision`: bfloat16 with float32
+        Arithmetic of the training (:mod:`models.precision`: bfloat16 with float32
         weights is faster on GPUs and CPUs with bfloat16 instructions). The network is
         saved, and scored, in float32 either way.
     seed : int
@@ -268,26 +249,105 @@ def train_cnn(data_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
     n_jobs : int
         Processes decoding images (-1: all cores).
     init_from : path-like, optional
-        A saved CNN (``.keras`` or pickled predictor) to fine-tune on ``data_dir``;
-        it is scored on the test split before and after training.
+        A saved CNN (``.keras`` or pickled predictor) to fine-tune; it is scored on the
+        test split before and after training.
     freeze_trunk_epochs : int, optional
         Epochs at the start that train the heads only, for a pretrained trunk
-        (``init_from`` or ``face-resnet``); by default 0, ``FACE_FREEZE_EPOCHS`` for a
-        ``face-resnet`` network.
+        (``init_from`` or ``face-resnet``); 0 by default, :data:`FACE_FREEZE_EPOCHS` for
+        a new ``face-resnet`` network.
     distill : bool, optional
         Also train the network to regress dlib's face descriptors of the training faces
         (:func:`teacher_descriptors`, ``models.cnn.with_descriptor_head``); the saved
         network has no such output and predicts without dlib. Needs dlib
-        (``pip install -e ".[embeddings]"``); the descriptors of the training and
-        validation faces are computed once and cached in ``cache_dir``. By default on
-        for a new network of the default architecture, off for ``seed_baseline`` and
-        fine-tuning.
-    cache_dir : path-like, optional
-        Feature cache folder for the teacher's descriptors.
-    overwrite : bool
-        Replace the results in a non-empty ``out_dir``.
+        (``pip install -e ".[embeddings]"``). By default on for a new network of the
+        default architecture, off for ``seed_baseline`` and fine-tuning.
     max_train : int, optional
         Train on a random subset of this many training faces (quick runs).
+
+    Raises
+    ------
+    ValueError
+        For ``freeze_trunk_epochs`` without a pretrained trunk, or distilling into the
+        face ResNet.
+    """
+
+    architecture: str = "default"
+    tasks: tuple[str, ...] | None = None
+    size: tuple[int, int] | None = None
+    color: str | None = None
+    epochs: int | None = None
+    batch_size: int = DEFAULT_BATCH_SIZE
+    learning_rate: float | None = None
+    precision: str = "float32"
+    seed: int = 0
+    n_jobs: int = -1
+    init_from: str | os.PathLike | None = None
+    freeze_trunk_epochs: int | None = None
+    distill: bool | None = None
+    max_train: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.tasks is not None:
+            object.__setattr__(self, "tasks", tuple(self.tasks))
+        if self.freeze_trunk_epochs and self.init_from is None and not self.new_face:
+            raise ValueError("freeze_trunk_epochs needs init_from or the pretrained "
+                             "face-resnet: a new trunk cannot be frozen")
+        if self.new_face and self.distill:
+            raise ValueError("face-resnet is dlib's descriptor network itself: there is "
+                             "nothing to distil into it (use --no-distill)")
+        if self.distill is None:
+            object.__setattr__(self, "distill",
+                               self.init_from is None and self.architecture == "default")
+
+    @property
+    def new_face(self) -> bool:
+        """Whether this trains a new ``face-resnet`` network."""
+        return self.init_from is None and self.architecture == FACE_ARCHITECTURE
+
+    def schedule(self, aligned: bool, verbose: int) -> FitSchedule:
+        """The training schedule, defaults filled in for a network that takes aligned
+        chips (``aligned``) or faces."""
+        learning_rate = self.learning_rate or (
+            FACE_LEARNING_RATE if aligned else DEFAULT_LEARNING_RATE if self.init_from is None
+            else FINE_TUNE_LEARNING_RATE)
+        freeze = self.freeze_trunk_epochs
+        return FitSchedule(
+            epochs=self.epochs or (FACE_EPOCHS if aligned else DEFAULT_EPOCHS),
+            batch_size=self.batch_size, learning_rate=learning_rate,
+            freeze_trunk_epochs=(FACE_FREEZE_EPOCHS if self.new_face else 0)
+            if freeze is None else freeze,
+            head_learning_rate=FACE_HEAD_LEARNING_RATE if aligned else None,
+            augment=not aligned, seed=self.seed, verbose=verbose)
+
+
+def train_cnn(data_dir: str | os.PathLike, out_dir: str | os.PathLike,
+              config: CNNConfig = CNNConfig(), *,
+              manifest_path: str | os.PathLike | None = None,
+              cache_dir: str | os.PathLike | None = None, overwrite: bool = False,
+              progress: bool = True) -> dict[str, Any]:
+    """Train a CNN (or fine-tune a saved one) on a labelled folder, then score it.
+
+    The network trains on the ``train`` part of the split, early-stops and picks its
+    best epoch on ``val``, and is scored once on ``test``; see the module docstring for
+    the files written. Training uses the GPU when TensorFlow sees one, and the
+    ``tf.distribute`` strategy of :func:`models.cnn.distribution_strategy` (several
+    GPUs, or several workers with ``TF_CONFIG``).
+
+    Parameters
+    ----------
+    data_dir : path-like
+        Folder of UTKFace-named images.
+    out_dir : path-like
+        Results folder; it must be empty or absent unless ``overwrite``.
+    config : CNNConfig
+        The network and its training.
+    manifest_path : path-like, optional
+        Split manifest, created (split seed 0, 80/10/10) if absent; defaults to
+        ``out_dir/split.json``. Pass the project's shared manifest to compare models.
+    cache_dir : path-like, optional
+        Feature cache folder for the teacher's descriptors (computed once per face).
+    overwrite : bool
+        Replace the results in a non-empty ``out_dir``.
     progress : bool
         Show progress bars while loading and print one line per epoch.
 
@@ -317,37 +377,20 @@ def train_cnn(data_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
     ImportError
         When distilling without dlib or its models.
     """
-    new_face = init_from is None and architecture == FACE_ARCHITECTURE
-    if freeze_trunk_epochs and init_from is None and not new_face:
-        raise ValueError("freeze_trunk_epochs needs init_from or the pretrained face-resnet: "
-                         "a new trunk cannot be frozen")
-    if new_face and distill:
-        raise ValueError("face-resnet is dlib's descriptor network itself: there is nothing "
-                         "to distil into it (use --no-distill)")
-    if distill is None:
-        distill = init_from is None and architecture == "default"
-    if distill:
+    if config.distill:
         _check_teacher()   # without dlib, fail before anything is loaded or written
-    precision = check_precision(precision)
+    precision = check_precision(config.precision)
     strategy = distribution_strategy()
     with strategy.scope():
-        initial = _initial_network(init_from, architecture, tasks, size, color, seed)
+        initial = _initial_network(config)
         network = set_precision(initial, precision, OUTPUT_LAYERS)
     out = prepare_output_dir(out_dir, overwrite)
     predictor = CNNPredictor(initial)
-    if epochs is None:
-        epochs = FACE_EPOCHS if predictor.aligned else DEFAULT_EPOCHS
-    if freeze_trunk_epochs is None:
-        freeze_trunk_epochs = FACE_FREEZE_EPOCHS if new_face else 0
-    if learning_rate is None:
-        learning_rate = (FACE_LEARNING_RATE if predictor.aligned else DEFAULT_LEARNING_RATE
-                         if init_from is None else FINE_TUNE_LEARNING_RATE)
     index = index_folder(data_dir)
-    split = load_or_create_split(index, manifest_path or out / SPLIT_FILE)
-    parts = split.apply(index)
-    parts["train"] = _sample(parts["train"], max_train, seed)
-    faces = {part: load_faces(parts[part], predictor.size, predictor.color, n_jobs, progress)
-             for part in PARTS}
+    parts = load_or_create_split(index, manifest_path or out / SPLIT_FILE).apply(index)
+    parts["train"] = _sample(parts["train"], config.max_train, config.seed)
+    faces = {part: load_faces(parts[part], predictor.size, predictor.color, config.n_jobs,
+                              progress) for part in PARTS}
     summary: dict[str, Any] = {
         "architecture": network.name, "tasks": list(predictor.tasks),
         "size": list(predictor.size), "color": predictor.color, "precision": precision,
@@ -357,59 +400,77 @@ def train_cnn(data_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
         "strategy": {"name": type(strategy).__name__,
                      "replicas": strategy.num_replicas_in_sync},
     }
-    if init_from is not None:
-        summary["init_from"] = os.fspath(init_from)
+    if config.init_from is not None:
+        summary["init_from"] = os.fspath(config.init_from)
         summary["test_before"] = _headlines(evaluate(predictor, faces["test"]))
         logger.info("before fine-tuning, on the test split: %s", summary["test_before"])
+    history, seconds = _train(network, faces, config, out, summary, cache_dir, progress)
+    predictor = CNNPredictor(set_precision(network, "float32"))
+    predictor.save(out / CNN_MODEL_FILE)
+    plot_history(history, out / CURVES_FILE)
+    return _score(predictor, faces, out, {
+        **summary, "epochs_run": len(history["loss"]),
+        "best_epoch": int(np.argmin(history.get("val_task_loss", history["val_loss"]))) + 1,
+        "train_seconds": round(seconds, 1),
+        "train_images_per_second": round(len(faces["train"].images) * len(history["loss"])
+                                         / seconds, 1),
+        "history": history})
+
+
+def _train(network, faces: dict[str, Faces], config: CNNConfig, out: Path,
+           summary: dict[str, Any], cache_dir: str | os.PathLike | None,
+           progress: bool) -> tuple[dict[str, list[float]], float]:
+    """Train ``network`` in place (distilling, or on cached activations, as the config
+    says), noting the extra steps' times in ``summary``; return the history and the
+    training seconds."""
+    aligned = is_face_model(network)
     descriptors = None
-    if distill:
+    if config.distill:
         started = time.perf_counter()
         teacher, missing = teacher_descriptors(
-            {part: faces[part] for part in ("train", "val")}, n_jobs, cache_dir, progress)
+            {part: faces[part] for part in ("train", "val")}, config.n_jobs, cache_dir,
+            progress)
         descriptors = (teacher["train"], teacher["val"])
         summary["distill"] = {"teacher": "dlib", "weight": DEFAULT_DESCRIPTOR_WEIGHT,
                               "faces_without_descriptor": missing,
                               "seconds": round(time.perf_counter() - started, 1)}
     started = time.perf_counter()
     trained = network
-    train = (faces["train"].images, faces["train"].labels(predictor.tasks))
-    val = (faces["val"].images, faces["val"].labels(predictor.tasks))
-    if predictor.aligned:
+    tasks = network_tasks(network)
+    train = (faces["train"].images, faces["train"].labels(tasks))
+    val = (faces["val"].images, faces["val"].labels(tasks))
+    if aligned:
         trained, train, val = top_training_data(
             network, (aligned_chips(train[0], progress), train[1]),
             (aligned_chips(val[0], progress), val[1]), progress=progress)
         summary["activations_seconds"] = round(time.perf_counter() - started, 1)
         logger.info("aligned the faces and cached the frozen trunk's activations in %.0f s",
                     summary["activations_seconds"])
-    history = fit_network(
-        trained, train, val, epochs=epochs, batch_size=batch_size,
-        checkpoint_path=out / CNN_CHECKPOINT_FILE, learning_rate=learning_rate,
-        head_learning_rate=FACE_HEAD_LEARNING_RATE if predictor.aligned else None,
-        freeze_trunk_epochs=freeze_trunk_epochs, augment=not predictor.aligned,
-        descriptors=descriptors, seed=seed, verbose=2 if progress else 0)
+    history = fit_network(trained, train, val,
+                          config.schedule(aligned, verbose=2 if progress else 0),
+                          checkpoint_path=out / CNN_CHECKPOINT_FILE, descriptors=descriptors)
     seconds = time.perf_counter() - started
     (out / CNN_CHECKPOINT_FILE).unlink()
-    predictor = CNNPredictor(set_precision(network, "float32"))
-    predictor.save(out / CNN_MODEL_FILE)
-    plot_history(history, out / CURVES_FILE)
+    return history, seconds
+
+
+def _score(predictor: CNNPredictor, faces: dict[str, Faces], out: Path,
+           summary: dict[str, Any]) -> dict[str, Any]:
+    """Score the saved network on validation and test, write the reports and the
+    summary; return the summary."""
     validation = _headlines(evaluate(predictor, faces["val"]))
     scores = evaluate(predictor, faces["test"])
     for task, (metrics, predicted) in scores.items():
         write_task_report(out, task, metrics, faces["test"].index.labels(task), predicted,
                           faces["test"].index.file_names)
-    summary.update({
-        "model_path": str(out / CNN_MODEL_FILE), "model_sha256": file_sha256(out / CNN_MODEL_FILE),
-        "epochs_run": len(history["loss"]),
-        "best_epoch": int(np.argmin(history.get("val_task_loss", history["val_loss"]))) + 1,
-        "train_seconds": round(seconds, 1),
-        "train_images_per_second": round(len(faces["train"].images) * len(history["loss"])
-                                          / seconds, 1),
-        "history": history, "validation": validation, "test": _headlines(scores),
-        "test_faces_sha256": names_sha256(faces["test"].index.file_names),
-    })
+    summary = {
+        **summary, "model_path": str(out / CNN_MODEL_FILE),
+        "model_sha256": file_sha256(out / CNN_MODEL_FILE), "validation": validation,
+        "test": _headlines(scores),
+        "test_faces_sha256": names_sha256(faces["test"].index.file_names)}
     atomic_write_json(out / CNN_SUMMARY_FILE, summary)
-    logger.info("trained %s in %.0f s; validation: %s; test: %s", network.name, seconds,
-                validation, summary["test"])
+    logger.info("trained %s in %.0f s; validation: %s; test: %s", summary["architecture"],
+                summary["train_seconds"], validation, summary["test"])
     return summary
 
 

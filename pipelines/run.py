@@ -24,7 +24,7 @@ from models.factory import MODELS
 from models.precision import PRECISIONS
 from pipelines.classical import TrainConfig, run_classical
 from pipelines.cnn_training import (DEFAULT_BATCH_SIZE, DEFAULT_EPOCHS, FACE_EPOCHS,
-                                    FACE_FREEZE_EPOCHS, train_cnn)
+                                    FACE_FREEZE_EPOCHS, CNNConfig, train_cnn)
 from pipelines.cluster import SCHEDULER_ENV, SVM_CLUSTER_LIMIT, ClusterError, scheduler_address
 from pipelines.dataset import default_data_dir
 from pipelines.feature_blocks import DEFAULT_FEATURES, FeatureSpec
@@ -251,12 +251,13 @@ def _run_cnn(args: argparse.Namespace, tasks: Sequence[str]) -> int:
     figures."""
     # "all" (the default) is every head of the chosen architecture
     cnn_tasks = None if "all" in args.tasks else list(tasks)
-    summary = train_cnn(args.data or default_data_dir(), args.out,
-                        architecture=args.architecture, tasks=cnn_tasks,
-                        manifest_path=args.split, color=args.color, epochs=args.epochs,
-                        batch_size=args.batch_size, precision=args.precision,
-                        seed=args.seed, n_jobs=args.n_jobs, init_from=args.init_from,
-                        freeze_trunk_epochs=args.freeze_trunk_epochs, distill=args.distill,
+    config = CNNConfig(architecture=args.architecture, tasks=cnn_tasks, color=args.color,
+                       epochs=args.epochs, batch_size=args.batch_size,
+                       precision=args.precision, seed=args.seed, n_jobs=args.n_jobs,
+                       init_from=args.init_from, freeze_trunk_epochs=args.freeze_trunk_epochs,
+                       distill=args.distill)
+    summary = train_cnn(args.data or default_data_dir(), args.out, config,
+                        manifest_path=args.split,
                         cache_dir=None if args.no_cache else args.cache_dir,
                         overwrite=args.overwrite, progress=not args.quiet)
     rows = [{**result_row(task, f"cnn:{args.architecture}", summary["counts"]["train"],

@@ -12,12 +12,12 @@ import pytest
 from PIL import Image
 
 from models import cnn
-from models.cnn import (OUTPUT_LAYERS, TASKS, CNNPredictor, build_model, compile_network,
-                        encode_targets, fit_network, load_model, make_dataset,
-                        set_trunk_trainable)
+from models.cnn import (OUTPUT_LAYERS, TASKS, CNNPredictor, FitSchedule, build_model,
+                        compile_network, encode_targets, fit_network, load_model,
+                        make_dataset, set_trunk_trainable)
 from models.precision import set_precision
 from pipelines.artifacts import CNN_MODEL_FILE, SPLIT_FILE
-from pipelines.cnn_training import train_cnn
+from pipelines.cnn_training import CNNConfig, train_cnn
 from pipelines.dataset import default_data_dir, index_folder
 
 # Keras converts TensorFlow tensors with np.array(copy=False), which numpy 2 flags
@@ -53,8 +53,9 @@ def trained(face_dir, tmp_path_factory) -> dict:
     """A default network trained for 2 epochs on the 40 faces, at 32x32, in bfloat16
     (saved in float32)."""
     out = tmp_path_factory.mktemp("trained")
-    return train_cnn(face_dir, out, size=(SIZE, SIZE), epochs=2, batch_size=16, n_jobs=1,
-                     precision="mixed_bfloat16", progress=False)
+    return train_cnn(face_dir, out, CNNConfig(size=(SIZE, SIZE), epochs=2, batch_size=16,
+                                              n_jobs=1, precision="mixed_bfloat16"),
+                     progress=False)
 
 
 # --- architectures ----------------------------------------------------------------------
@@ -193,12 +194,14 @@ def test_seeded_pipeline_is_reproducible():
     assert all(np.array_equal(a, b) for a, b in zip(*weights))
 
 
-def test_fit_network_checks_its_epochs(tmp_path):
-    network = build_model("default", (SIZE, SIZE, 1), ("age",))
-    data = (np.zeros((4, SIZE, SIZE, 1), np.uint8), {"age": np.ones(4)})
+def test_fit_schedule_checks_its_epochs():
     with pytest.raises(ValueError, match="freeze_trunk_epochs"):
-        fit_network(network, data, data, epochs=1, freeze_trunk_epochs=2, batch_size=4,
-                    checkpoint_path=tmp_path / "best.weights.h5")
+        FitSchedule(epochs=1, batch_size=4, freeze_trunk_epochs=2)
+    with pytest.raises(ValueError, match="epochs >= 1"):
+        FitSchedule(epochs=0, batch_size=4)
+    assert FitSchedule(epochs=5, batch_size=4, freeze_trunk_epochs=2, learning_rate=1e-4,
+                       head_learning_rate=1e-3).phases() == ((2, True, 1e-3), (3, False, 1e-4))
+    assert FitSchedule(epochs=5, batch_size=4).phases() == ((5, False, 1e-3),)
 
 
 def test_early_stopping_waits_for_the_second_half_of_the_schedule(tmp_path):
@@ -210,7 +213,7 @@ def test_early_stopping_waits_for_the_second_half_of_the_schedule(tmp_path):
     images[gender == 0, SIZE // 2:] = 220
     history = fit_network(build_model("default", (SIZE, SIZE, 1), ("gender",), seed=0),
                           (images, {"gender": gender}), (images, {"gender": 1 - gender}),
-                          epochs=8, batch_size=16, patience=1, seed=0, verbose=0,
+                          FitSchedule(epochs=8, batch_size=16, patience=1, seed=0, verbose=0),
                           checkpoint_path=tmp_path / "best.weights.h5")
     assert history["val_loss"][-1] > history["val_loss"][0]
     assert len(history["loss"]) >= 8 // 2 + 2
@@ -218,7 +221,7 @@ def test_early_stopping_waits_for_the_second_half_of_the_schedule(tmp_path):
 
 def test_freezing_needs_a_saved_network(tmp_path):
     with pytest.raises(ValueError, match="init_from"):
-        train_cnn(tmp_path, tmp_path / "out", freeze_trunk_epochs=1)
+        CNNConfig(freeze_trunk_epochs=1)
 
 
 @pytest.mark.parametrize("settings", [{}, {"distill": True}])
@@ -226,7 +229,7 @@ def test_distillation_without_dlib_fails_before_writing(tmp_path, monkeypatch, s
     monkeypatch.setitem(sys.modules, "dlib", None)
     # a new default network distils unless told not to
     with pytest.raises(ImportError, match=r"embeddings.*--no-distill"):
-        train_cnn(tmp_path, tmp_path / "out", **settings)
+        train_cnn(tmp_path, tmp_path / "out", CNNConfig(**settings))
     assert not (tmp_path / "out").exists()
 
 
@@ -255,9 +258,10 @@ def test_distillation_judges_epochs_by_the_task_losses_and_keeps_the_best(tmp_pa
     val = (images[32:], {task: values[32:] for task, values in labels.items()})
     network = build_model("default", (SIZE, SIZE, 1), seed=0)
     stem = network.get_layer("stem_conv").get_weights()[0].copy()
-    history = fit_network(network, train, val, epochs=3, batch_size=16, seed=0, verbose=0,
+    schedule = FitSchedule(epochs=3, batch_size=16, seed=0, verbose=0, descriptor_weight=0.5)
+    history = fit_network(network, train, val, schedule,
                           descriptors=(descriptors[:32], descriptors[32:]),
-                          descriptor_weight=0.5, checkpoint_path=tmp_path / "best.weights.h5")
+                          checkpoint_path=tmp_path / "best.weights.h5")
     task_loss = np.array(history["val_task_loss"])
     np.testing.assert_allclose(
         task_loss, np.array(history["val_loss"]) - 0.5 * np.array(history["val_descriptor_loss"]),
@@ -427,9 +431,9 @@ def test_fine_tuning_starts_from_the_saved_weights_and_changes_them(trained, fac
     saved = CNNPredictor(build_model("seed_baseline", (BASELINE_SIZE, BASELINE_SIZE, 1), seed=1))
     saved.save(tmp_path / "saved.keras")
     out = tmp_path / "fine_tuned"
-    result = train_cnn(face_dir, out, init_from=tmp_path / "saved.keras", tasks=["gender"],
-                       epochs=2, freeze_trunk_epochs=1, batch_size=16, n_jobs=1,
-                       precision="float32", progress=False)
+    result = train_cnn(face_dir, out, CNNConfig(
+        init_from=tmp_path / "saved.keras", tasks=["gender"], epochs=2, freeze_trunk_epochs=1,
+        batch_size=16, n_jobs=1, precision="float32"), progress=False)
     assert result["tasks"] == ["gender"] and result["architecture"] == "seed_baseline"
     assert result["size"] == [BASELINE_SIZE, BASELINE_SIZE]
     test_names = json.loads((out / SPLIT_FILE).read_text())["test"]
@@ -448,6 +452,8 @@ def test_fine_tuning_starts_from_the_saved_weights_and_changes_them(trained, fac
     # the trunk was frozen in epoch 1, so it changed only if epoch 2 was the best
     assert changed("conv32") == (result["best_epoch"] == 2)
     with pytest.raises(ValueError, match="no head"):
-        train_cnn(face_dir, tmp_path / "other", init_from=out / CNN_MODEL_FILE, tasks=["age"])
+        train_cnn(face_dir, tmp_path / "other",
+                  CNNConfig(init_from=out / CNN_MODEL_FILE, tasks=["age"]))
     with pytest.raises(ValueError, match="size"):
-        train_cnn(face_dir, tmp_path / "other", init_from=trained["model_path"], size=(64, 64))
+        train_cnn(face_dir, tmp_path / "other",
+                  CNNConfig(init_from=trained["model_path"], size=(64, 64)))

@@ -18,7 +18,7 @@ from models.cnn import (TASKS, CNNPredictor, build_model, compile_network,  # no
 from models.face_model import (AGE_DISTRIBUTION, ARCHITECTURE, LOAD_SIZE,  # noqa: E402
                                label_distribution_loss, split_top, top_training_data)
 from pipelines.artifacts import CNN_MODEL_FILE  # noqa: E402
-from pipelines.cnn_training import train_cnn  # noqa: E402
+from pipelines.cnn_training import CNNConfig, train_cnn  # noqa: E402
 from pipelines.dataset import default_data_dir, index_folder, parse_utkface_name  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings(
@@ -119,7 +119,7 @@ def test_predictor_aligns_faces_and_round_trips(network, faces, chips, tmp_path)
 
 def test_distilling_into_the_face_resnet_is_refused(tmp_path) -> None:
     with pytest.raises(ValueError, match="nothing to distil"):
-        train_cnn(tmp_path, tmp_path / "out", architecture=ARCHITECTURE, distill=True)
+        train_cnn(tmp_path, tmp_path / "out", CNNConfig(architecture=ARCHITECTURE, distill=True))
     assert not (tmp_path / "out").exists()
 
 
@@ -131,15 +131,17 @@ def test_train_cnn_fine_tunes_the_face_resnet(tmp_path) -> None:
     folder.mkdir()
     for path in paths[:: len(paths) // 40][:40]:
         os.symlink(path, folder / Path(path).name)
-    summary = train_cnn(folder, tmp_path / "out", architecture=ARCHITECTURE, epochs=2,
-                        freeze_trunk_epochs=1, batch_size=16, n_jobs=1, progress=False)
+    summary = train_cnn(folder, tmp_path / "out", CNNConfig(
+        architecture=ARCHITECTURE, epochs=2, freeze_trunk_epochs=1, batch_size=16, n_jobs=1),
+        progress=False)
     assert summary["architecture"] == ARCHITECTURE and summary["size"] == list(LOAD_SIZE)
     assert summary["history"]["trunk_frozen"] == [1.0, 0.0]
     assert summary["views"] == {"mirror": True, "jitter": False}
     assert summary["activations_seconds"] > 0
     assert set(summary["test"]) == set(TASKS)
     assert load_model(tmp_path / "out" / CNN_MODEL_FILE).aligned
-    tuned = train_cnn(folder, tmp_path / "tuned", init_from=tmp_path / "out" / CNN_MODEL_FILE,
-                      epochs=1, batch_size=16, n_jobs=1, progress=False)
+    tuned = train_cnn(folder, tmp_path / "tuned", CNNConfig(
+        init_from=tmp_path / "out" / CNN_MODEL_FILE, epochs=1, batch_size=16, n_jobs=1),
+        progress=False)
     assert tuned["architecture"] == ARCHITECTURE and tuned["history"]["trunk_frozen"] == [0.0]
     assert tuned["test_before"] == summary["test"]

@@ -88,7 +88,8 @@ from models.cnn.devices import distribution_strategy, gpu_available, strategy_ki
 from models.cnn.predictor import CNNPredictor, jittered_views, load_model
 from models.cnn.training import (DEFAULT_DESCRIPTOR_WEIGHT, DEFAULT_LABEL_SMOOTHING,
                                  DEFAULT_LEARNING_RATE, DEFAULT_PATIENCE, DEFAULT_WEIGHT_DECAY,
-                                 compile_network, encode_targets, fit_network, make_dataset)
+                                 FitSchedule, compile_network, encode_targets, fit_network,
+                                 make_dataset)
 
 __all__ = [
     "AGE_SCALE", "ARCHITECTURE_NAMES", "ARCHITECTURES", "DESCRIPTOR_OUTPUT", "LOSS_WEIGHTS",
@@ -97,6 +98,6 @@ __all__ = [
     "with_descriptor_head", "augment_batch", "distribution_strategy", "gpu_available",
     "strategy_kind", "CNNPredictor", "jittered_views", "load_model",
     "DEFAULT_DESCRIPTOR_WEIGHT", "DEFAULT_LABEL_SMOOTHING", "DEFAULT_LEARNING_RATE",
-    "DEFAULT_PATIENCE", "DEFAULT_WEIGHT_DECAY", "compile_network", "encode_targets",
-    "fit_network", "make_dataset",
+    "DEFAULT_PATIENCE", "DEFAULT_WEIGHT_DECAY", "FitSchedule", "compile_network",
+    "encode_targets", "fit_network", "make_dataset",
 ]

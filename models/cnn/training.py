@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -177,44 +178,22 @@ def make_dataset(images: np.ndarray, labels: Mapping[str, np.ndarray], tasks: Se
     return dataset.batch(batch_size).map(prepare).prefetch(tf.data.AUTOTUNE)
 
 
-def fit_network(network: keras.Model, train: tuple[np.ndarray, Mapping[str, np.ndarray]],
-                val: tuple[np.ndarray, Mapping[str, np.ndarray]], *, epochs: int,
-                batch_size: int, checkpoint_path: str | os.PathLike,
-                learning_rate: float = DEFAULT_LEARNING_RATE,
-                weight_decay: float = DEFAULT_WEIGHT_DECAY, patience: int = DEFAULT_PATIENCE,
-                freeze_trunk_epochs: int = 0, head_learning_rate: float | None = None,
-                augment: bool = True,
-                descriptors: tuple[np.ndarray, np.ndarray] | None = None,
-                descriptor_weight: float = DEFAULT_DESCRIPTOR_WEIGHT,
-                seed: int | None = None, verbose: int = 2) -> dict[str, list[float]]:
-    """Train a network in place and leave it with the weights of its best epoch.
+@dataclass(frozen=True)
+class FitSchedule:
+    """How :func:`fit_network` trains a network.
 
     Training runs in up to two phases: ``freeze_trunk_epochs`` epochs with the trunk
     frozen (heads only, for fine-tuning), then the rest with every layer trainable. Each
     phase is compiled afresh (:func:`compile_network`) with a one-epoch warm-up and a
     cosine decay over the phase, and, in the second half of the phase, stops early after
-    ``patience`` epochs without a lower validation loss. The weights of the epoch with the
-    lowest validation loss, over both phases, are checkpointed to ``checkpoint_path`` and
-    restored at the end.
+    ``patience`` epochs without a lower validation loss.
 
-    With ``descriptors`` (a teacher's face descriptors of the training and validation
-    faces), the network trains with an extra output regressing them
-    (:func:`with_descriptor_head`), a distillation of what the teacher has learnt from
-    far more faces; the validation loss that early stopping and the checkpoint watch is
-    then the tasks' part only (``val_task_loss``), so epochs are judged as without it.
-
-    Parameters
+    Attributes
     ----------
-    network : keras.Model
-        Network to train; all its layers are left trainable.
-    train, val : tuple of (ndarray, mapping)
-        uint8 images (N, H, W, C) and label codes per task (see :func:`make_dataset`).
     epochs : int
         Maximum number of epochs over both phases.
     batch_size : int
         Faces per step.
-    checkpoint_path : path-like
-        Weights file of the best epoch; must end in ``.weights.h5``.
     learning_rate, weight_decay : float
         Peak learning rate and AdamW weight decay.
     patience : int
@@ -226,15 +205,63 @@ def fit_network(network: keras.Model, train: tuple[np.ndarray, Mapping[str, np.n
     augment : bool
         Distort the training images (:func:`augment_batch`); False for inputs that are
         not images, such as cached activations.
-    descriptors : tuple of ndarray, optional
-        Standardised teacher descriptors (N, D) float32 of the ``train`` and ``val``
-        faces, aligned with their images; no NaN.
     descriptor_weight : float
-        Weight of the descriptor regression in the training loss.
+        Weight of the descriptor regression in the training loss (with descriptors).
     seed : int, optional
         Seeds shuffling, augmentation and dropout (``keras.utils.set_random_seed``).
     verbose : int
         Keras verbosity; 2 prints one line per epoch.
+    """
+
+    epochs: int
+    batch_size: int
+    learning_rate: float = DEFAULT_LEARNING_RATE
+    weight_decay: float = DEFAULT_WEIGHT_DECAY
+    patience: int = DEFAULT_PATIENCE
+    freeze_trunk_epochs: int = 0
+    head_learning_rate: float | None = None
+    augment: bool = True
+    descriptor_weight: float = DEFAULT_DESCRIPTOR_WEIGHT
+    seed: int | None = None
+    verbose: int = 2
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.freeze_trunk_epochs <= self.epochs or self.epochs < 1:
+            raise ValueError(f"need epochs >= 1 and 0 <= freeze_trunk_epochs <= epochs, got "
+                             f"epochs={self.epochs}, "
+                             f"freeze_trunk_epochs={self.freeze_trunk_epochs}")
+
+    def phases(self) -> tuple[tuple[int, bool, float], ...]:
+        """(epochs, trunk frozen, peak learning rate) of each phase that has epochs."""
+        return tuple(phase for phase in (
+            (self.freeze_trunk_epochs, True, self.head_learning_rate or self.learning_rate),
+            (self.epochs - self.freeze_trunk_epochs, False, self.learning_rate)) if phase[0])
+
+
+def fit_network(network: keras.Model, train: tuple[np.ndarray, Mapping[str, np.ndarray]],
+                val: tuple[np.ndarray, Mapping[str, np.ndarray]], schedule: FitSchedule, *,
+                checkpoint_path: str | os.PathLike,
+                descriptors: tuple[np.ndarray, np.ndarray] | None = None
+                ) -> dict[str, list[float]]:
+    """Train a network in place and leave it with the weights of its best epoch.
+
+    The phases are those of ``schedule`` (:class:`FitSchedule`). The weights of the epoch
+    with the lowest validation loss, over both phases, are checkpointed to
+    ``checkpoint_path`` (ending in ``.weights.h5``) and restored at the end.
+
+    With ``descriptors`` (a teacher's standardised face descriptors (N, D) float32 of the
+    training and validation faces, aligned with their images, no NaN), the network
+    trains with an extra output regressing them (:func:`with_descriptor_head`), a
+    distillation of what the teacher has learnt from far more faces; the validation loss
+    that early stopping and the checkpoint watch is then the tasks' part only
+    (``val_task_loss``), so epochs are judged as without it.
+
+    Parameters
+    ----------
+    network : keras.Model
+        Network to train; all its layers are left trainable.
+    train, val : tuple of (ndarray, mapping)
+        uint8 images (N, H, W, C) and label codes per task (see :func:`make_dataset`).
 
     Returns
     -------
@@ -244,13 +271,10 @@ def fit_network(network: keras.Model, train: tuple[np.ndarray, Mapping[str, np.n
         ``trunk_frozen`` (1.0 for the epochs of the frozen phase) and, with
         ``descriptors``, ``descriptor_loss`` and ``val_task_loss``.
     """
-    if not 0 <= freeze_trunk_epochs <= epochs or epochs < 1:
-        raise ValueError(f"need epochs >= 1 and 0 <= freeze_trunk_epochs <= epochs, got "
-                         f"epochs={epochs}, freeze_trunk_epochs={freeze_trunk_epochs}")
     import keras
 
-    if seed is not None:
-        keras.utils.set_random_seed(seed)
+    if schedule.seed is not None:
+        keras.utils.set_random_seed(schedule.seed)
     tasks = network_tasks(network)
     trained, monitor, callbacks = network, "val_loss", []
     if AGE_DISTRIBUTION in network.output_names:  # learnt from the ages themselves
@@ -264,39 +288,36 @@ def fit_network(network: keras.Model, train: tuple[np.ndarray, Mapping[str, np.n
         with network.distribute_strategy.scope():
             trained = with_descriptor_head(network, descriptors[0].shape[1])
         monitor = "val_task_loss"
-        callbacks.append(_task_loss_callback(descriptor_weight))
-    train_data = make_dataset(*train, tasks, batch_size=batch_size, training=True, seed=seed,
-                              augment=augment)
-    val_data = make_dataset(*val, tasks, batch_size=batch_size, training=False)
-    steps_per_epoch = -(-len(train[0]) // batch_size)
+        callbacks.append(_task_loss_callback(schedule.descriptor_weight))
+    data = (make_dataset(*train, tasks, batch_size=schedule.batch_size, training=True,
+                         seed=schedule.seed, augment=schedule.augment),
+            make_dataset(*val, tasks, batch_size=schedule.batch_size, training=False))
     checkpoint = keras.callbacks.ModelCheckpoint(
         os.fspath(checkpoint_path), monitor=monitor, mode="min", save_best_only=True,
         save_weights_only=True)
     history: dict[str, list[float]] = {}
-    done = 0
-    phases = ((freeze_trunk_epochs, True), (epochs - freeze_trunk_epochs, False))
-    for phase_epochs, frozen in phases:
-        if phase_epochs == 0:
-            continue
+    steps_per_epoch = -(-len(train[0]) // schedule.batch_size)
+    for phase_epochs, frozen, peak in schedule.phases():
+        done = len(history.get("trunk_frozen", ()))
         set_trunk_trainable(trained, not frozen)
-        peak = (head_learning_rate or learning_rate) if frozen else learning_rate
         with network.distribute_strategy.scope():   # the strategy the network was built in
-            compile_network(trained, learning_rate=peak, weight_decay=weight_decay,
+            compile_network(trained, learning_rate=peak, weight_decay=schedule.weight_decay,
                             total_steps=phase_epochs * steps_per_epoch,
-                            warmup_steps=steps_per_epoch, descriptor_weight=descriptor_weight)
+                            warmup_steps=steps_per_epoch,
+                            descriptor_weight=schedule.descriptor_weight)
         # Early stopping watches the second half of the phase only: at a high learning
         # rate the validation loss is noisy, and a stop there skips the low-rate epochs
         # that give the best weights (a 40-epoch run stopped at epoch 22, best 17).
-        stopper = keras.callbacks.EarlyStopping(monitor=monitor, mode="min", patience=patience,
+        stopper = keras.callbacks.EarlyStopping(monitor=monitor, mode="min",
+                                                patience=schedule.patience,
                                                 start_from_epoch=done + phase_epochs // 2)
-        result = trained.fit(train_data, validation_data=val_data, initial_epoch=done,
+        result = trained.fit(data[0], validation_data=data[1], initial_epoch=done,
                              epochs=done + phase_epochs,
                              callbacks=[*callbacks, checkpoint, stopper],
-                             shuffle=False, verbose=verbose)
+                             shuffle=False, verbose=schedule.verbose)
         for key, values in result.history.items():
             history.setdefault(key, []).extend(float(value) for value in values)
         history.setdefault("trunk_frozen", []).extend([float(frozen)] * len(result.epoch))
-        done += len(result.epoch)
     set_trunk_trainable(trained, True)
     # The optimizer of the last phase may not match the checkpoint's: restore weights only.
     trained.load_weights(os.fspath(checkpoint_path), objects_to_skip=[trained.optimizer])
