@@ -17,6 +17,7 @@ image.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
@@ -58,9 +59,8 @@ def _fold_score(estimator, both: np.ndarray, y: np.ndarray, train: np.ndarray,
 
 
 def cross_validate(data_dir: str | Path, candidates: Sequence[Sequence[FeatureSpec]],
-                   tasks: Sequence[str], *, model: str = "svm",
-                   params: dict[str, Any] | None = None, flip: bool = False, folds: int = 5,
-                   split_path: str | Path = DEFAULT_SPLIT, n_jobs: int = 1, seed: int = 0,
+                   config: TrainConfig, *, folds: int = 5,
+                   split_path: str | Path = DEFAULT_SPLIT,
                    cache_dir: str | Path | None = DEFAULT_CACHE,
                    progress: bool = True) -> list[dict[str, Any]]:
     """Per-fold scores of each candidate set of feature blocks on each task.
@@ -71,20 +71,16 @@ def cross_validate(data_dir: str | Path, candidates: Sequence[Sequence[FeatureSp
         UTKFace folder.
     candidates : sequence of sequences of FeatureSpec
         The feature blocks of each candidate.
-    tasks : sequence of str
-        Tasks to score.
-    model : str
-        Model name (:data:`models.factory.MODELS`), with its defaults and ``params``.
-    flip : bool
-        Also fit on the mirror image of every fitted face (``pipelines.run --flip``).
+    config : TrainConfig
+        Tasks to score, the model (:data:`models.factory.MODELS`, with its defaults and
+        ``params``), ``flip`` (also fit on the mirror image of every fitted face, as
+        ``pipelines.run --flip``), ``n_jobs`` (processes for feature extraction, and
+        folds fitted side by side) and ``seed`` (of the folds, the PCA and the models);
+        its ``features`` are replaced by each candidate's.
     folds : int
         Number of folds, stratified on the task's classes (on age groups for age).
     split_path : path-like
         Split manifest; its training and validation faces are cross-validated.
-    n_jobs : int
-        Processes for feature extraction, and folds fitted side by side.
-    seed : int
-        Seed of the folds, the PCA and the models.
     cache_dir : path-like, optional
         Feature cache.
     progress : bool
@@ -98,17 +94,18 @@ def cross_validate(data_dir: str | Path, candidates: Sequence[Sequence[FeatureSp
     """
     if folds < 2:
         raise ValueError(f"need at least 2 folds, got {folds}")
+    seed, n_jobs = config.seed, config.n_jobs
     index = index_folder(data_dir)
     parts = load_or_create_split(index, split_path, seed=seed).apply(index)
     extract = {"n_jobs": n_jobs, "cache_dir": cache_dir, "progress": progress}
     rows = []
     for specs in candidates:
-        config = TrainConfig(features=tuple(specs), model=model, tasks=tuple(tasks),
-                             params=dict(params or {}), flip=True, n_jobs=n_jobs, seed=seed)
-        _, views = reduced_views(parts, config, extract)
+        # every training face's mirror image too: the folds mix training and validation
+        _, views = reduced_views(
+            parts, dataclasses.replace(config, features=tuple(specs), flip=True), extract)
         train, val = views["train"], views["val"]
         both = np.vstack([train.both, val.both])
-        for task in tasks:
+        for task in config.tasks:
             kind = task_kind(task)
             labels = np.concatenate([parts["train"].labels(task)[train.rows],
                                      parts["val"].labels(task)[val.rows]])
@@ -116,15 +113,16 @@ def cross_validate(data_dir: str | Path, candidates: Sequence[Sequence[FeatureSp
                 [parts["train"].labels("age_group")[train.rows],
                  parts["val"].labels("age_group")[val.rows]])
             splitter = StratifiedKFold(folds, shuffle=True, random_state=seed)
-            estimator = make_estimator(model, kind, random_state=seed, **config.params)
+            estimator = make_estimator(config.model, kind, random_state=seed, **config.params)
             start = time.perf_counter()
             scores = Parallel(n_jobs=n_jobs)(
                 delayed(_fold_score)(estimator, both, labels, fit_rows, held_out,
-                                     kind == "regressor", flip)
+                                     kind == "regressor", config.flip)
                 for fit_rows, held_out in splitter.split(both, strata))
             logger.info("%s %s: %s (%.0f s)", task, " ".join(map(str, specs)),
                         np.round(scores, 4), time.perf_counter() - start)
-            rows.append({"features": [str(spec) for spec in specs], "task": task, "flip": flip,
+            rows.append({"features": [str(spec) for spec in specs], "task": task,
+                         "flip": config.flip,
                          "metric": "mae" if kind == "regressor" else "accuracy",
                          "faces": len(labels), "folds": scores, "mean": float(np.mean(scores))})
     return rows
@@ -182,11 +180,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit status."""
     args = parse_cli_args(build_parser(), argv)
     try:
-        rows = cross_validate(args.data or default_data_dir(), args.features, args.tasks,
-                              model=args.model, params=dict(args.param), flip=args.flip,
-                              folds=args.folds, split_path=args.split, n_jobs=args.n_jobs,
-                              seed=args.seed, cache_dir=args.cache_dir,
-                              progress=not args.quiet)
+        config = TrainConfig(features=tuple(args.features[0]), model=args.model,
+                             tasks=tuple(args.tasks), params=dict(args.param), flip=args.flip,
+                             n_jobs=args.n_jobs, seed=args.seed)
+        rows = cross_validate(args.data or default_data_dir(), args.features, config,
+                              folds=args.folds, split_path=args.split,
+                              cache_dir=args.cache_dir, progress=not args.quiet)
     except (FileNotFoundError, NotADirectoryError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -26,6 +26,7 @@ report's environment.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import fnmatch
 import hashlib
 import json
@@ -346,31 +347,37 @@ def run_benchmark(config: BenchmarkConfig, *, data: str | os.PathLike,
                     "; CNNs ignore it and train on this machine"
                     if any(step.kind == "cnn" for step in pending) else "")
 
-    def job(name: str) -> steps.Job:
-        return steps.Job(index.folder, manifest, cache_dir, work / "runs" / name, n_jobs,
-                         config.seed, config.predict_sample, progress, scheduler)
-
-    extracted: dict[str, dict[str, Any]] = {}
+    job = steps.Job(index.folder, manifest, cache_dir, work / "runs", n_jobs, config.seed,
+                    config.predict_sample, progress, scheduler)
     try:
-        for number, step in enumerate(pending, start=1):
-            logger.info("[%d/%d] %s", number, len(pending), step.name)
-            if step.kind == "classical":
-                extractor = step.target.extractor
-                if extractor not in extracted:
-                    extraction = extractions[extractor]
-                    extracted[extractor] = _finished(extraction) or _execute(
-                        extraction, job(f"extract-{extractor}"), log_level, command)
-                if extracted[extractor]["status"] != "done":
-                    _write_record(step, command, _now(), 0.0, status="failed",
-                                  error=f"feature extraction ({extractor}) failed: "
-                                        f"{extracted[extractor]['error']}",
-                                  scheduler=scheduler)
-                    continue
-            _execute(step, job(step.name), log_level, command)
+        _run_steps(pending, extractions, job, log_level, command)
     finally:     # also when interrupted: report what has finished
         results = _report(config, extractions, pipelines, out, used, manifest, index,
                           command, scheduler)
     return results
+
+
+def _run_steps(pending: Sequence[Step], extractions: dict[str, Step], job: steps.Job,
+               log_level: int, command: str) -> None:
+    """Run the pending steps in order, each in its ``job.out / name`` folder; a classical
+    pipeline first needs its extractor's extraction (run once, or found finished)."""
+    extracted: dict[str, dict[str, Any]] = {}
+    for number, step in enumerate(pending, start=1):
+        logger.info("[%d/%d] %s", number, len(pending), step.name)
+        if step.kind == "classical":
+            extractor = step.target.extractor
+            if extractor not in extracted:
+                extraction = extractions[extractor]
+                extracted[extractor] = _finished(extraction) or _execute(
+                    extraction, dataclasses.replace(job, out=job.out / f"extract-{extractor}"),
+                    log_level, command)
+            if extracted[extractor]["status"] != "done":
+                _write_record(step, command, _now(), 0.0, status="failed",
+                              error=f"feature extraction ({extractor}) failed: "
+                                    f"{extracted[extractor]['error']}",
+                              scheduler=job.scheduler)
+                continue
+        _execute(step, dataclasses.replace(job, out=job.out / step.name), log_level, command)
 
 
 def _shown(path: str | os.PathLike) -> str:

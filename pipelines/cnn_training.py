@@ -386,17 +386,14 @@ def train_cnn(data_dir: str | os.PathLike, out_dir: str | os.PathLike,
         network = set_precision(initial, precision, OUTPUT_LAYERS)
     out = prepare_output_dir(out_dir, overwrite)
     predictor = CNNPredictor(initial)
-    index = index_folder(data_dir)
-    parts = load_or_create_split(index, manifest_path or out / SPLIT_FILE).apply(index)
-    parts["train"] = _sample(parts["train"], config.max_train, config.seed)
-    faces = {part: load_faces(parts[part], predictor.size, predictor.color, config.n_jobs,
-                              progress) for part in PARTS}
+    faces, failures = _load_split(data_dir, manifest_path or out / SPLIT_FILE, predictor,
+                                  config, progress)
     summary: dict[str, Any] = {
         "architecture": network.name, "tasks": list(predictor.tasks),
         "size": list(predictor.size), "color": predictor.color, "precision": precision,
         "views": {"mirror": predictor.mirror, "jitter": predictor.jitter},
         "counts": {part: len(faces[part].images) for part in PARTS},
-        "load_failures": sum(len(parts[part]) - len(faces[part].images) for part in PARTS),
+        "load_failures": failures,
         "strategy": {"name": type(strategy).__name__,
                      "replicas": strategy.num_replicas_in_sync},
     }
@@ -415,6 +412,19 @@ def train_cnn(data_dir: str | os.PathLike, out_dir: str | os.PathLike,
         "train_images_per_second": round(len(faces["train"].images) * len(history["loss"])
                                          / seconds, 1),
         "history": history})
+
+
+def _load_split(data_dir: str | os.PathLike, manifest_path: str | os.PathLike,
+                predictor: CNNPredictor, config: CNNConfig,
+                progress: bool) -> tuple[dict[str, Faces], int]:
+    """The faces of every part of the split, decoded as the network takes them, and how
+    many files could not be read."""
+    index = index_folder(data_dir)
+    parts = load_or_create_split(index, manifest_path).apply(index)
+    parts["train"] = _sample(parts["train"], config.max_train, config.seed)
+    faces = {part: load_faces(parts[part], predictor.size, predictor.color, config.n_jobs,
+                              progress) for part in PARTS}
+    return faces, sum(len(parts[part]) - len(faces[part].images) for part in PARTS)
 
 
 def _train(network, faces: dict[str, Faces], config: CNNConfig, out: Path,

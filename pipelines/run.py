@@ -161,8 +161,14 @@ def build_parser() -> argparse.ArgumentParser:
                         help="seed of a new split, of PCA and of the models (default: 0)")
     parser.add_argument("--quiet", action="store_true",
                         help="no progress bars, warnings only")
-    cnn = parser.add_argument_group("CNN (--model cnn; --features, --param, --search, --flip "
-                                    "do not apply)")
+    _add_cnn_options(parser.add_argument_group(
+        "CNN (--model cnn; --features, --param, --search, --flip do not apply)"))
+    _add_stack_options(parser.add_argument_group("stack (--model stack)"))
+    return parser
+
+
+def _add_cnn_options(cnn: argparse._ArgumentGroup) -> None:
+    """The options of ``--model cnn``."""
     cnn.add_argument("--architecture", choices=ARCHITECTURE_NAMES, default="default",
                      help="default: our multi-task CNN; seed_baseline: the reference notebook "
                           "network, gender and age only; face-resnet: dlib's pretrained face "
@@ -193,14 +199,16 @@ def build_parser() -> argparse.ArgumentParser:
                           "in --cache-dir); the saved network predicts without dlib "
                           "(default: on for a new network of the default architecture, off "
                           "for seed_baseline and --init-from)")
-    stack = parser.add_argument_group("stack (--model stack)")
+
+
+def _add_stack_options(stack: argparse._ArgumentGroup) -> None:
+    """The options of ``--model stack``."""
     stack.add_argument("--members", nargs="+", type=parse_member, default=None,
                        metavar="[NAME=]RUN_FOLDER",
                        help="trained run folders to combine (same split). Default: "
                             f"{', '.join(DEFAULT_MEMBERS)} in OUT/{MEMBERS_DIR}/NAME, each "
                             "trained there first (with its own default command) unless it "
                             "already holds a model")
-    return parser
 
 
 def _train_members(args: argparse.Namespace) -> dict[str, Path] | int:

@@ -222,6 +222,33 @@ def _table_row(task: str, model: str, validation: Mapping[str, float],
     return row
 
 
+def _score_stack(stack: StackedFaceModel, outputs: Mapping[str, Mapping[str, Any]],
+                 val: DatasetIndex, test: DatasetIndex,
+                 out: Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Score the fitted stack and its members on the test faces, write the stack's
+    reports; return the summary rows (members' validation figures beside) and the test
+    figures per task (:func:`score_task`)."""
+    combined = stack.combine(outputs["test"])
+    rows, test_figures = [], {}
+    for task in stack.tasks_:
+        used = {name: outputs["test"][name] for name in stack.inputs_[task]}
+        scores = score_task(task, combined[task], used, test)
+        for name in stack.inputs_[task]:
+            judged = _judged(outputs["val"][name][task])
+            validation = _figure(task, val.labels(task)[judged],
+                                 labels_of(task, outputs["val"][name][task][judged]))
+            rows.append(_table_row(task, name, validation, scores[name]))
+        predicted = labels_of(task, combined[task])
+        metrics = evaluate_task(task, test.labels(task), predicted, gender=test.gender,
+                                ethnicity=test.ethnicity, age=test.age)
+        write_task_report(out, task, metrics, test.labels(task), predicted, test.file_names)
+        kept = stack.cv_scores_[task]
+        rows.append(_table_row(task, "stack", {kept["metric"]: kept["combiners"][kept["kept"]]},
+                               {**headline(task, metrics), **scores["stack"]}, len(val)))
+        test_figures[task] = scores
+    return rows, test_figures
+
+
 def run_stack(data_dir: str | os.PathLike, member_dirs: Mapping[str, str | os.PathLike], *,
               split_path: str | os.PathLike, out_dir: str | os.PathLike,
               cache_dir: str | os.PathLike | None = None, overwrite: bool = False,
@@ -276,24 +303,7 @@ def run_stack(data_dir: str | os.PathLike, member_dirs: Mapping[str, str | os.Pa
     predicted = {task for member, _ in members.values() for task in member_tasks(member)}
     stack.fit_outputs(outputs["val"], {task: val.labels(task) for task in STACK_TASKS
                                        if task in predicted})
-    combined = stack.combine(outputs["test"])
-    rows, test_figures = [], {}
-    for task in stack.tasks_:
-        used = {name: outputs["test"][name] for name in stack.inputs_[task]}
-        scores = score_task(task, combined[task], used, test)
-        for name in stack.inputs_[task]:
-            judged = _judged(outputs["val"][name][task])
-            validation = _figure(task, val.labels(task)[judged],
-                                 labels_of(task, outputs["val"][name][task][judged]))
-            rows.append(_table_row(task, name, validation, scores[name]))
-        predicted = labels_of(task, combined[task])
-        metrics = evaluate_task(task, test.labels(task), predicted, gender=test.gender,
-                                ethnicity=test.ethnicity, age=test.age)
-        write_task_report(out, task, metrics, test.labels(task), predicted, test.file_names)
-        kept = stack.cv_scores_[task]
-        rows.append(_table_row(task, "stack", {kept["metric"]: kept["combiners"][kept["kept"]]},
-                               {**headline(task, metrics), **scores["stack"]}, len(val)))
-        test_figures[task] = scores
+    rows, test_figures = _score_stack(stack, outputs, val, test, out)
     split_info = {"manifest": str(Path(split_path).resolve()), "sha256": split.sha256,
                   **{part: len(faces) for part, faces in parts.items()}}
     fitted_on = {"part": "val", "n": len(val), "faces_sha256": names_sha256(val.file_names)}

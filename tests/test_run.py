@@ -200,10 +200,12 @@ def test_validation_scores_of_a_saved_run(run: Path, workdir: Path) -> None:
 
 def test_cross_validation_of_feature_blocks(run: Path, workdir: Path, capsys) -> None:
     from benchmarks.cross_validate import cross_validate, format_table, main as cv_main
+    from pipelines.classical import TrainConfig
 
     split = Split.load(workdir / "split.json")
     blocks = [FeatureSpec.parse("hog:32:gray:10"), FeatureSpec.parse("pixels:16:gray:10")]
-    rows = cross_validate(workdir / "faces", [blocks, blocks, blocks[:1]], ["gender", "age"],
+    config = TrainConfig(features=tuple(blocks), tasks=("gender", "age"))
+    rows = cross_validate(workdir / "faces", [blocks, blocks, blocks[:1]], config,
                           folds=3, split_path=workdir / "split.json",
                           cache_dir=workdir / "cache", progress=False)
     assert [(row["task"], row["metric"]) for row in rows] == [
