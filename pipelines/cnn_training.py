@@ -392,26 +392,17 @@ def train_cnn(data_dir: str | os.PathLike, out_dir: str | os.PathLike,
         "architecture": network.name, "tasks": list(predictor.tasks),
         "size": list(predictor.size), "color": predictor.color, "precision": precision,
         "views": {"mirror": predictor.mirror, "jitter": predictor.jitter},
-        "counts": {part: len(faces[part].images) for part in PARTS},
-        "load_failures": failures,
-        "strategy": {"name": type(strategy).__name__,
-                     "replicas": strategy.num_replicas_in_sync},
-    }
+        "counts": {part: len(faces[part].images) for part in PARTS}, "load_failures": failures,
+        "strategy": {"name": type(strategy).__name__, "replicas": strategy.num_replicas_in_sync}}
     if config.init_from is not None:
         summary["init_from"] = os.fspath(config.init_from)
         summary["test_before"] = _headlines(evaluate(predictor, faces["test"]))
         logger.info("before fine-tuning, on the test split: %s", summary["test_before"])
-    history, seconds = _train(network, faces, config, out, summary, cache_dir, progress)
+    history = _train(network, faces, config, out, summary, cache_dir, progress)
     predictor = CNNPredictor(set_precision(network, "float32"))
     predictor.save(out / CNN_MODEL_FILE)
     plot_history(history, out / CURVES_FILE)
-    return _score(predictor, faces, out, {
-        **summary, "epochs_run": len(history["loss"]),
-        "best_epoch": int(np.argmin(history.get("val_task_loss", history["val_loss"]))) + 1,
-        "train_seconds": round(seconds, 1),
-        "train_images_per_second": round(len(faces["train"].images) * len(history["loss"])
-                                         / seconds, 1),
-        "history": history})
+    return _score(predictor, faces, out, summary)
 
 
 def _load_split(data_dir: str | os.PathLike, manifest_path: str | os.PathLike,
@@ -429,10 +420,9 @@ def _load_split(data_dir: str | os.PathLike, manifest_path: str | os.PathLike,
 
 def _train(network, faces: dict[str, Faces], config: CNNConfig, out: Path,
            summary: dict[str, Any], cache_dir: str | os.PathLike | None,
-           progress: bool) -> tuple[dict[str, list[float]], float]:
+           progress: bool) -> dict[str, list[float]]:
     """Train ``network`` in place (distilling, or on cached activations, as the config
-    says), noting the extra steps' times in ``summary``; return the history and the
-    training seconds."""
+    says), add the training's figures to ``summary``; return the history."""
     aligned = is_face_model(network)
     descriptors = None
     if config.distill:
@@ -461,7 +451,14 @@ def _train(network, faces: dict[str, Faces], config: CNNConfig, out: Path,
                           checkpoint_path=out / CNN_CHECKPOINT_FILE, descriptors=descriptors)
     seconds = time.perf_counter() - started
     (out / CNN_CHECKPOINT_FILE).unlink()
-    return history, seconds
+    summary.update({
+        "epochs_run": len(history["loss"]),
+        "best_epoch": int(np.argmin(history.get("val_task_loss", history["val_loss"]))) + 1,
+        "train_seconds": round(seconds, 1),
+        "train_images_per_second": round(len(faces["train"].images) * len(history["loss"])
+                                         / seconds, 1),
+        "history": history})
+    return history
 
 
 def _score(predictor: CNNPredictor, faces: dict[str, Faces], out: Path,
