@@ -3,7 +3,7 @@
 A configuration is a small TOML or JSON file; ``benchmarks/default.toml`` is the
 default and documents every key::
 
-    tasks = ["gender", "age"]        # from pipelines.labels.TASKS
+    tasks = ["gender", "age"]        # from models.labels.TASKS
     seed = 0                         # seed of a new split, of PCA and of the models
     predict_sample = 128             # test faces timed for predict throughput
     limit = 1000                     # optional: a stratified subset of the split
@@ -49,10 +49,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+from features.io import DEFAULT_SIZE
 from models.cnn import ARCHITECTURES, resolve_tasks
 from models.factory import MODELS
 from pipelines.feature_blocks import FeatureSpec
-from pipelines.labels import TASKS
+from models.labels import TASKS
 from pipelines.run import build_parser
 from pipelines.stacking import DEFAULT_MEMBERS, STACK_TASKS
 
@@ -180,7 +181,7 @@ class CNNSettings:
     architectures: tuple[str, ...]
     epochs: int = 12
     batch_size: int = 64
-    size: tuple[int, int] = (128, 128)
+    size: tuple[int, int] = DEFAULT_SIZE
     color: str = "gray"
 
 

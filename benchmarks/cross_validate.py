@@ -34,9 +34,9 @@ from models.factory import MODELS, MirrorAveraged, make_estimator
 from pipelines.classical import TrainConfig, reduced_views, task_kind
 from pipelines.dataset import default_data_dir, index_folder
 from pipelines.feature_blocks import FeatureSpec
-from pipelines.labels import TASKS
-from pipelines.run import (DEFAULT_CACHE, DEFAULT_SPLIT, parse_cli_args, parse_feature_spec,
-                           parse_param)
+from models.labels import TASKS
+from pipelines.run import (ALL_CORES, DEFAULT_CACHE, DEFAULT_SPLIT, parse_cli_args,
+                           parse_feature_spec, parse_param)
 from pipelines.splits import load_or_create_split
 
 logger = logging.getLogger(__name__)
@@ -168,8 +168,8 @@ def build_parser() -> argparse.ArgumentParser:
                                        "$UTKFACE_DIR)")
     parser.add_argument("--split", default=DEFAULT_SPLIT, help="split manifest")
     parser.add_argument("--cache-dir", default=DEFAULT_CACHE, help="feature cache folder")
-    parser.add_argument("--n-jobs", type=int, default=2,
-                        help="extraction processes and folds fitted side by side (default: 2)")
+    parser.add_argument("--n-jobs", type=int, default=ALL_CORES,
+                        help="extraction processes and folds fitted side by side (default: all %(default)s cores)")
     parser.add_argument("--seed", type=int, default=0, help="default: 0")
     parser.add_argument("--out", help="also write the per-fold scores to this JSON file")
     parser.add_argument("--quiet", action="store_true", help="no progress bars, warnings only")

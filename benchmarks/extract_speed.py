@@ -31,6 +31,7 @@ from features.hog import HOGFeatures
 from features.io import map_image_chunks
 from features.lbp import LBPFeatures
 from pipelines.dataset import default_data_dir, index_folder
+from pipelines.run import ALL_CORES
 
 
 def _best_time(function, repeat: int = 3) -> float:
@@ -96,7 +97,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="UTKFace folder (default: %(default)s)")
     parser.add_argument("--sample", type=int, default=500,
                         help="faces for the single-process comparison (default: %(default)s)")
-    parser.add_argument("--n-jobs", type=int, default=os.cpu_count(),
+    parser.add_argument("--n-jobs", type=int, default=ALL_CORES,
                         help="processes for the whole-folder run (default: %(default)s)")
     parser.add_argument("--repeat", type=int, default=3,
                         help="alternating pairs of whole-folder passes (default: %(default)s)")

@@ -17,7 +17,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from benchmarks.config import ClassicalPipeline, CNNPipeline, RunPipeline
-from pipelines.labels import TASKS
+from models.labels import TASKS
 from pipelines.metrics import class_names
 from pipelines.significance import bootstrap_interval, compare, face_scores
 from pipelines.reports import (atomic_path, atomic_write_bytes, atomic_write_json,

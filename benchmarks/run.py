@@ -50,9 +50,9 @@ from benchmarks.config import DEFAULT_CONFIG, BenchmarkConfig, load_config
 from benchmarks.report import failed_rows, summary_tables, table_rows, write_report
 from pipelines.cluster import SCHEDULER_ENV, SVM_CLUSTER_LIMIT, scheduler_address
 from pipelines.dataset import DatasetIndex, default_data_dir, index_folder
-from pipelines.labels import TASKS
+from models.labels import TASKS
 from pipelines.reports import atomic_write_json
-from pipelines.run import parse_cli_args
+from pipelines.run import ALL_CORES, parse_cli_args
 from pipelines.splits import PARTS, Split, load_or_create_split, names_sha256
 
 logger = logging.getLogger(__name__)
@@ -403,7 +403,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="feature cache folder, shared with python -m pipelines.run; "
                              "extraction times read from it are marked as cached "
                              f"(default: {DEFAULT_CACHE})")
-    parser.add_argument("--n-jobs", type=int, default=os.cpu_count() or 1,
+    parser.add_argument("--n-jobs", type=int, default=ALL_CORES,
                         help="processes for extraction and image decoding, threads for "
                              "fitting (default: all %(default)s cores)")
     parser.add_argument("--tasks", nargs="+", choices=TASKS, default=None, metavar="TASK",

@@ -15,7 +15,7 @@ scikit-learn ``Pipeline`` from image paths or arrays to predictions::
 Judging each face from both views (test-time mirroring) gained about half a point of
 gender accuracy on the validation split, for twice the feature extraction at
 prediction time. Classifiers predict class indices into the task's names in
-:mod:`pipelines.labels` (recorded as ``label_names`` in each model's metadata); the age
+:mod:`models.labels` (recorded as ``label_names`` in each model's metadata); the age
 model predicts years. Settings are chosen on the validation split only; the test split
 is scored once. With a Dask scheduler (:mod:`pipelines.cluster`) the features are
 extracted and XGBoost is trained on the cluster's workers.
@@ -44,7 +44,7 @@ from pipelines.cluster import (SINGLE_MACHINE_MODELS, check_single_machine_model
                                check_workers_read, connect, on_this_machine)
 from pipelines.dataset import DatasetIndex, index_folder
 from pipelines.feature_blocks import DEFAULT_FEATURES, FeatureSpec, extract_views
-from pipelines.labels import TASKS
+from models.labels import TASKS
 from pipelines.metrics import class_names, evaluate_task, headline
 from pipelines.reports import (atomic_write_json, prepare_output_dir, result_row, save_artifact,
                                write_task_report)
@@ -87,7 +87,7 @@ class TrainConfig:
     model : {"svm", "linear-svm", "xgboost", "mlp"}
         Estimator family.
     tasks : tuple of str
-        Tasks from :data:`pipelines.labels.TASKS`, each trained as its own model.
+        Tasks from :data:`models.labels.TASKS`, each trained as its own model.
     params : dict
         Model parameters overriding the defaults, for every task.
     search : bool

@@ -247,7 +247,7 @@ class CNNConfig:
     seed : int
         Seed of weight initialisation, shuffling, augmentation and dropout.
     n_jobs : int
-        Processes decoding images (-1: all cores).
+        Processes decoding images and computing the teacher's descriptors.
     init_from : path-like, optional
         A saved CNN (``.keras`` or pickled predictor) to fine-tune; it is scored on the
         test split before and after training.
@@ -280,7 +280,7 @@ class CNNConfig:
     learning_rate: float | None = None
     precision: str = "float32"
     seed: int = 0
-    n_jobs: int = -1
+    n_jobs: int = 1
     init_from: str | os.PathLike | None = None
     freeze_trunk_epochs: int | None = None
     distill: bool | None = None

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipelines.labels import AGE_MAX, AGE_MIN, ETHNICITY_NAMES, GENDER_NAMES, TASKS, age_group
+from models.labels import AGE_MAX, AGE_MIN, ETHNICITY_NAMES, GENDER_NAMES, TASKS, age_group
 
 logger = logging.getLogger(__name__)
 

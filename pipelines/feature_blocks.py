@@ -16,7 +16,7 @@ import numpy as np
 from sklearn.pipeline import Pipeline
 
 from features import ImageLoader, extract_features, make_extractor
-from features.io import COLOR_MODES
+from features.io import COLOR_MODES, DEFAULT_SIZE
 from models.factory import Mirrored
 from pipelines.dataset import DatasetIndex
 
@@ -41,7 +41,7 @@ class FeatureSpec:
     """
 
     extractor: str
-    size: tuple[int, int] = (128, 128)
+    size: tuple[int, int] = DEFAULT_SIZE
     color: str = "gray"
     n_components: int | None = None
 
@@ -59,14 +59,14 @@ class FeatureSpec:
         """Read ``EXTRACTOR[:SIZE[:COLOUR[:PCA]]]``, e.g. ``hog+lbp:128:gray:300``.
 
         SIZE is ``N`` (square) or ``HxW``; PCA is a number of components or ``none``.
-        Omitted parts take the defaults 128, gray and none.
+        Omitted parts take the defaults: ``features.io.DEFAULT_SIZE``, gray and none.
         """
         parts = text.strip().split(":")
         if not 1 <= len(parts) <= 4 or not parts[0]:
             raise ValueError(f"feature spec {text!r}: expected EXTRACTOR[:SIZE[:COLOUR[:PCA]]]")
         try:
             size = tuple(int(v) for v in parts[1].lower().split("x")) if len(parts) > 1 \
-                else (128, 128)
+                else DEFAULT_SIZE
             size = size * 2 if len(size) == 1 else size
             pca = parts[3].lower() if len(parts) > 3 else "none"
             n_components = None if pca == "none" else int(pca)

@@ -14,7 +14,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support
 
-from pipelines.labels import AGE_GROUP_NAMES, ETHNICITY_NAMES, GENDER_NAMES, TASKS, age_group
+from models.labels import AGE_GROUP_NAMES, ETHNICITY_NAMES, GENDER_NAMES, TASKS, age_group
 
 #: Class names of each classification task; ``age`` is a regression and has none.
 CLASS_NAMES: dict[str, tuple[str, ...]] = {

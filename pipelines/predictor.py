@@ -14,7 +14,7 @@ Models
     code and no metadata: it is loaded by Keras' safe loader, without a version check.
     When a folder holds two models of one task, the stack is used first, then the
     per-task classical file.
-    Age groups come from the predicted age (:func:`pipelines.labels.age_group`), so age
+    Age groups come from the predicted age (:func:`models.labels.age_group`), so age
     and group always agree; an ``age_group`` classifier is used only without an age
     model. Predicted ages are clipped at 0, as the CNN does.
 
@@ -44,7 +44,7 @@ from sklearn.pipeline import Pipeline
 from models import cnn, safety
 from models.stack import StackedFaceModel, is_multitask, labels_of
 from pipelines.artifacts import CNN_MODEL_FILE, PACKAGE, STACK_FILE, task_model_file, versions
-from pipelines.labels import AGE_GROUP_NAMES, TASKS, age_group
+from models.labels import AGE_GROUP_NAMES, TASKS, age_group
 from pipelines.metrics import class_names
 
 logger = logging.getLogger(__name__)
@@ -131,7 +131,7 @@ class FacePredictor:
         self.network_tasks = tuple(network_tasks)
         self.batch_size = batch_size
         found = {model.task for model in self.classical} | set(self.network_tasks)
-        #: Tasks predicted, in :data:`pipelines.labels.TASKS` order.
+        #: Tasks predicted, in :data:`models.labels.TASKS` order.
         self.tasks = tuple(task for task in TASKS if task in found)
 
     def _has_proba(self, task: str) -> bool:

@@ -28,7 +28,7 @@ from pipelines.cnn_training import (DEFAULT_BATCH_SIZE, DEFAULT_EPOCHS, FACE_EPO
 from pipelines.cluster import SCHEDULER_ENV, SVM_CLUSTER_LIMIT, ClusterError, scheduler_address
 from pipelines.dataset import default_data_dir
 from pipelines.feature_blocks import DEFAULT_FEATURES, FeatureSpec
-from pipelines.labels import TASKS
+from models.labels import TASKS
 from pipelines.predictor import ModelError
 from pipelines.reports import (OutputExistsError, format_summary_table, prepare_output_dir,
                                result_row)
@@ -48,6 +48,8 @@ def parse_feature_spec(text: str) -> FeatureSpec:
         raise argparse.ArgumentTypeError(str(error)) from None
 
 
+#: Default of every command's ``--n-jobs``: all cores (library functions default to 1).
+ALL_CORES = os.cpu_count() or 1
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
@@ -145,7 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE,
                         help=f"feature cache folder (default: {DEFAULT_CACHE})")
     parser.add_argument("--no-cache", action="store_true", help="do not cache features")
-    parser.add_argument("--n-jobs", type=int, default=os.cpu_count() or 1,
+    parser.add_argument("--n-jobs", type=int, default=ALL_CORES,
                         help="processes for feature extraction and threads for model fitting "
                              "(default: all %(default)s cores)")
     parser.add_argument("--scheduler", default=None, metavar="ADDRESS",

@@ -32,7 +32,7 @@ import numpy as np
 from sklearn.model_selection import train_test_split
 
 from pipelines.dataset import DatasetIndex
-from pipelines.labels import age_group
+from models.labels import age_group
 from pipelines.reports import atomic_write_bytes
 
 logger = logging.getLogger(__name__)

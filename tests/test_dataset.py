@@ -1,4 +1,4 @@
-"""Tests for pipelines.labels and pipelines.dataset (file-name parsing and folder index)."""
+"""Tests for models.labels and pipelines.dataset (file-name parsing and folder index)."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from pipelines.dataset import (
     is_image_name,
     parse_utkface_name,
 )
-from pipelines.labels import AGE_GROUP_EDGES, AGE_GROUP_NAMES, age_group
+from models.labels import AGE_GROUP_EDGES, AGE_GROUP_NAMES, age_group
 
 MISSING_RACE = ("39_1_20170116174525125.jpg.chip.jpg", "61_1_20170109142408075.jpg.chip.jpg")
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipelines.labels import AGE_GROUP_NAMES, ETHNICITY_NAMES, GENDER_NAMES
+from models.labels import AGE_GROUP_NAMES, ETHNICITY_NAMES, GENDER_NAMES
 from pipelines.metrics import (class_names, classification_metrics, evaluate_task, headline,
                                regression_metrics)
 from pipelines.reports import (OutputExistsError, atomic_path, atomic_write_json,

@@ -23,7 +23,7 @@ from pipelines.artifacts import versions
 from pipelines.classical import TrainConfig, run_classical
 from pipelines.dataset import default_data_dir, index_folder
 from pipelines.feature_blocks import FeatureSpec
-from pipelines.labels import AGE_GROUP_NAMES, ETHNICITY_NAMES, GENDER_NAMES, age_group
+from models.labels import AGE_GROUP_NAMES, ETHNICITY_NAMES, GENDER_NAMES, age_group
 from pipelines.photos import FACE_COLUMNS, find_photos, predict_photos
 from pipelines.predict import is_model_path, main
 from pipelines.predictor import load_predictor

@@ -11,7 +11,7 @@ import pytest
 
 from pipelines import splits
 from pipelines.dataset import DatasetIndex, default_data_dir, index_folder
-from pipelines.labels import age_group
+from models.labels import age_group
 from pipelines.splits import FORMAT_VERSION, STRATIFY_ON, Split, load_or_create_split, make_split
 
 

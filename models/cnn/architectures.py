@@ -6,17 +6,20 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from features.io import DEFAULT_SIZE
 from models.face_model import ARCHITECTURE as FACE_ARCHITECTURE
+from models.labels import ETHNICITY_NAMES
+from models.labels import TASKS as LABEL_TASKS
 
 if TYPE_CHECKING:
     import keras
 
 
-#: Tasks a network can have a head for, in output order.
-TASKS: tuple[str, ...] = ("gender", "ethnicity", "age")
+#: Tasks a network can have a head for, in output order (age groups come from the age).
+TASKS: tuple[str, ...] = tuple(task for task in LABEL_TASKS if task != "age_group")
 #: Layers that make the outputs (kept in float32 by ``models.precision.set_precision``).
 OUTPUT_LAYERS: tuple[str, ...] = (*TASKS, "age_scaled", "age_distribution")
-N_ETHNICITIES = 5
+N_ETHNICITIES = len(ETHNICITY_NAMES)
 #: The age head's linear unit predicts age / AGE_SCALE.
 AGE_SCALE = 100.0
 _AGE_BIAS_INIT = 0.3
@@ -150,7 +153,8 @@ def resolve_tasks(architecture: str, tasks: Sequence[str] | None = None) -> tupl
     return tuple(task for task in TASKS if task in tasks)
 
 
-def build_model(architecture: str = "default", input_shape: Sequence[int] = (128, 128, 1),
+def build_model(architecture: str = "default",
+                input_shape: Sequence[int] = (*DEFAULT_SIZE, 1),
                 tasks: Sequence[str] | None = None, *, seed: int | None = None) -> keras.Model:
     """Build an untrained multi-task network.
 

@@ -113,7 +113,7 @@ class CNNPredictor:
     Takes what a user has (image paths, or uint8 arrays (N, H, W[, C]) or a list of
     arrays of any size) through :class:`features.loader.ImageLoader` at the network's
     input size and colour, then decodes the outputs into the label codes of
-    ``pipelines.labels``: gender and ethnicity codes (int) and age in years (float).
+    ``models.labels``: gender and ethnicity codes (int) and age in years (float).
 
     Each face is judged from several views whose outputs (class probabilities, ages)
     are averaged: with ``jitter``, the face itself, shifted by :data:`JITTER_FRACTION`
