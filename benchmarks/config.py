@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from importlib import resources
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,7 +59,7 @@ from pipelines.run import build_parser
 from pipelines.stacking import DEFAULT_MEMBERS, STACK_TASKS
 
 #: The configuration used without ``--config``.
-DEFAULT_CONFIG = Path(__file__).resolve().parent / "default.toml"
+DEFAULT_CONFIG = Path(str(resources.files("benchmarks") / "default.toml"))
 _NAME = re.compile(r"^[A-Za-z0-9_.+-]+$")
 _QUICK_KEYS = ("limit", "epochs", "size", "batch_size", "predict_sample", "models")
 #: Where a run's command names the output folder of the benchmark's runs.

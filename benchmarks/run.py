@@ -52,14 +52,12 @@ from pipelines.cluster import SCHEDULER_ENV, SVM_CLUSTER_LIMIT, scheduler_addres
 from pipelines.dataset import DatasetIndex, default_data_dir, index_folder
 from models.labels import TASKS
 from pipelines.reports import atomic_write_json
-from pipelines.run import ALL_CORES, parse_cli_args
+from pipelines.run import ALL_CORES, DEFAULT_CACHE, DEFAULT_SPLIT, parse_cli_args
 from pipelines.splits import PARTS, Split, load_or_create_split, names_sha256
 
 logger = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_SPLIT = REPO_ROOT / "splits" / "utkface.json"
-DEFAULT_CACHE = REPO_ROOT / ".cache" / "features"
 DEFAULT_OUT = REPO_ROOT / "benchmarks" / "results"
 QUICK_OUT = Path("runs") / "benchmark-quick"
 WORK = "work"

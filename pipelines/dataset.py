@@ -290,6 +290,17 @@ def default_data_dir() -> Path:
     return (repo_root.parent / "shared" / "data" / "UTKFace").resolve()
 
 
+def default_cache_dir() -> Path:
+    """The feature cache folder: ``.cache/features`` of the source checkout the package
+    runs from, else ``utkface-toolkit/features`` in the user's cache folder
+    (``$XDG_CACHE_HOME`` or ``~/.cache``)."""
+    repo_root = Path(__file__).resolve().parent.parent
+    if (repo_root / "setup.cfg").is_file():
+        return repo_root / ".cache" / "features"
+    user_cache = os.environ.get("XDG_CACHE_HOME", "").strip() or Path.home() / ".cache"
+    return Path(user_cache) / "utkface-toolkit" / "features"
+
+
 def index_folder(folder: str | os.PathLike) -> DatasetIndex:
     """Index the UTKFace images of a flat folder from their file names.
 

@@ -26,17 +26,17 @@ from pipelines.classical import TrainConfig, run_classical
 from pipelines.cnn_training import (DEFAULT_BATCH_SIZE, DEFAULT_EPOCHS, FACE_EPOCHS,
                                     FACE_FREEZE_EPOCHS, CNNConfig, train_cnn)
 from pipelines.cluster import SCHEDULER_ENV, SVM_CLUSTER_LIMIT, ClusterError, scheduler_address
-from pipelines.dataset import default_data_dir
+from pipelines.dataset import default_cache_dir, default_data_dir
 from pipelines.feature_blocks import DEFAULT_FEATURES, FeatureSpec
 from models.labels import TASKS
 from pipelines.predictor import ModelError
 from pipelines.reports import (OutputExistsError, format_summary_table, prepare_output_dir,
                                result_row)
+from pipelines.splits import DEFAULT_MANIFEST
 from pipelines.stacking import DEFAULT_MEMBERS, MEMBERS_DIR, has_model, run_stack
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_SPLIT = REPO_ROOT / "splits" / "utkface.json"
-DEFAULT_CACHE = REPO_ROOT / ".cache" / "features"
+DEFAULT_SPLIT = DEFAULT_MANIFEST
+DEFAULT_CACHE = default_cache_dir()
 DEFAULT_OUT = Path("runs") / "classical"
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from importlib import resources
 import math
 import os
 from collections import Counter
@@ -38,8 +39,8 @@ from pipelines.reports import atomic_write_bytes
 logger = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
-#: The project's shared split of the UTKFace dev set (seed 0), committed to the repository
-DEFAULT_MANIFEST = Path(__file__).resolve().parent.parent / "splits" / "utkface.json"
+#: The project's shared split of the UTKFace dev set (seed 0), shipped as package data
+DEFAULT_MANIFEST = Path(str(resources.files("pipelines") / "manifests" / "utkface.json"))
 STRATIFY_ON = "gender x ethnicity x age_group"
 PARTS: tuple[str, ...] = ("train", "val", "test")
 _MIN_STRATUM = 2

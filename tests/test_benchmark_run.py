@@ -19,7 +19,7 @@ from benchmarks.report import COLUMNS
 from benchmarks.run import main, subset_split
 from pipelines.dataset import default_data_dir, index_folder
 from pipelines.reports import read_predictions_csv
-from pipelines.splits import Split, load_or_create_split, names_sha256
+from pipelines.splits import DEFAULT_MANIFEST, Split, load_or_create_split, names_sha256
 from tests.conftest import link_random_faces
 
 DATA = default_data_dir()
@@ -254,7 +254,7 @@ def test_invalid_configuration_is_refused(change: dict, message: str) -> None:
 
 def test_subset_keeps_parts_and_proportions() -> None:
     index = index_folder(DATA)
-    split = load_or_create_split(index, REPO / "splits" / "utkface.json")
+    split = load_or_create_split(index, DEFAULT_MANIFEST)
     subset = subset_split(split, split.apply(index), 1000, seed=0)
     for part in ("train", "val", "test"):
         assert set(getattr(subset, part)) <= set(getattr(split, part))

@@ -28,7 +28,7 @@ from pipelines.photos import FACE_COLUMNS, find_photos, predict_photos
 from pipelines.predict import is_model_path, main
 from pipelines.predictor import load_predictor
 from pipelines.reports import save_artifact
-from pipelines.splits import Split
+from pipelines.splits import DEFAULT_MANIFEST, Split
 from pipelines.writers import open_writer
 from tests.conftest import link_faces
 
@@ -382,7 +382,7 @@ def test_model_given_first_or_as_option_gives_the_same_rows(run: Path, face_path
 def test_bundled_model_is_small_and_records_how_it_was_trained() -> None:
     folder = predictor_module.bundled_model()
     assert sum(file.stat().st_size for file in folder.iterdir()) <= 5 * 2 ** 20
-    split = Split.load(REPO / "splits" / "utkface.json")
+    split = Split.load(DEFAULT_MANIFEST)
     for task in ("gender", "ethnicity", "age"):
         metadata = json.loads((folder / f"{task}_model.json").read_text())
         assert metadata["command"].startswith("python -m pipelines.run ")
