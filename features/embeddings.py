@@ -74,9 +74,8 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-from sklearn.base import BaseEstimator, TransformerMixin
 
-from features._batch import as_image_batch
+from features._batch import ImageTransformer
 
 logger = logging.getLogger(__name__)
 
@@ -334,7 +333,7 @@ def describe_faces(images: Sequence[np.ndarray], boxes: Sequence[Sequence[float]
     return out
 
 
-class DlibFaceDescriptor(TransformerMixin, BaseEstimator):
+class DlibFaceDescriptor(ImageTransformer):
     """Scikit-learn transformer: RGB face crops (N, H, W, 3) -> dlib descriptors (N, 128).
 
     Stateless; dlib is imported by ``fit`` and ``transform`` only, so building,
@@ -377,23 +376,20 @@ class DlibFaceDescriptor(TransformerMixin, BaseEstimator):
         super().__setstate__({"network": "dlib", **state})
 
     def fit(self, X=None, y=None):
-        """Stateless: nothing is learnt; fails early without dlib or with a wrong setting."""
+        """Nothing is learnt: checks ``X`` when given (:class:`ImageTransformer`), and fails
+        early without dlib or with a wrong setting."""
+        if X is not None:
+            super().fit(X)
         _check_network(self.network)
         _import_dlib()
         model_dir()
         return self
 
-    def transform(self, X) -> np.ndarray:
-        """Descriptors of images ``X`` (N, H, W, 3) uint8, float32 (N, 128)."""
-        images = as_image_batch(X)
+    def _extract(self, images: np.ndarray) -> np.ndarray:
+        """Descriptors of RGB images (N, H, W, 3) uint8, float32 (N, 128)."""
         if images.shape[-1] != 3:
             raise ValueError(f"face descriptors need RGB images (N, H, W, 3), got "
                              f"{images.shape}: extract with color=\"rgb\"")
         return describe_faces(images, inset=self.inset, landmarks=self.landmarks,
                               num_jitters=self.num_jitters, min_face_score=self.min_face_score,
                               network=self.network)
-
-    def __sklearn_tags__(self):
-        tags = super().__sklearn_tags__()
-        tags.requires_fit = False
-        return tags

@@ -15,9 +15,8 @@ from functools import lru_cache
 
 import numpy as np
 from scipy import fft
-from sklearn.base import BaseEstimator, TransformerMixin
 
-from features._batch import as_image_batch, cell_index, to_gray
+from features._batch import ImageTransformer, as_image_batch, cell_index, to_gray
 
 _CHUNK = 8
 
@@ -101,7 +100,7 @@ def gabor_energies(images: np.ndarray, frequencies: Sequence[float] = (0.1, 0.16
     return out.reshape(n_images, -1)
 
 
-class GaborFeatures(TransformerMixin, BaseEstimator):
+class GaborFeatures(ImageTransformer):
     """Scikit-learn transformer: images -> Gabor energies per filter and grid cell.
 
     Parameters
@@ -121,15 +120,6 @@ class GaborFeatures(TransformerMixin, BaseEstimator):
         self.orientations = orientations
         self.grid = grid
 
-    def fit(self, X, y=None):
-        """Stateless: nothing is learnt."""
-        return self
-
-    def transform(self, X) -> np.ndarray:
-        """Gabor energies of images ``X`` (N, H, W[, C]), float32."""
-        return gabor_energies(X, tuple(self.frequencies), self.orientations, tuple(self.grid))
-
-    def __sklearn_tags__(self):
-        tags = super().__sklearn_tags__()
-        tags.requires_fit = False
-        return tags
+    def _extract(self, images: np.ndarray) -> np.ndarray:
+        """Gabor energies of the images, float32."""
+        return gabor_energies(images, tuple(self.frequencies), self.orientations, tuple(self.grid))

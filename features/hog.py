@@ -13,9 +13,8 @@ from functools import lru_cache
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
-from sklearn.base import BaseEstimator, TransformerMixin
 
-from features._batch import as_image_batch
+from features._batch import ImageTransformer, as_image_batch
 
 BLOCK_NORMS = ("L1", "L1-sqrt", "L2", "L2-Hys")
 _EPS = 1e-5
@@ -201,7 +200,7 @@ def hog_batch(images: np.ndarray, orientations: int = 9,
     return out
 
 
-class HOGFeatures(TransformerMixin, BaseEstimator):
+class HOGFeatures(ImageTransformer):
     """Scikit-learn transformer: images -> HOG descriptors (see :func:`hog_batch`).
 
     Parameters
@@ -227,16 +226,7 @@ class HOGFeatures(TransformerMixin, BaseEstimator):
         self.block_norm = block_norm
         self.transform_sqrt = transform_sqrt
 
-    def fit(self, X, y=None):
-        """Stateless: nothing is learnt."""
-        return self
-
-    def transform(self, X) -> np.ndarray:
-        """HOG descriptors of images ``X`` (N, H, W[, C]), float32 (N, n_features)."""
-        return hog_batch(X, self.orientations, tuple(self.pixels_per_cell),
+    def _extract(self, images: np.ndarray) -> np.ndarray:
+        """HOG descriptors of the images, float32 (N, n_features)."""
+        return hog_batch(images, self.orientations, tuple(self.pixels_per_cell),
                          tuple(self.cells_per_block), self.block_norm, self.transform_sqrt)
-
-    def __sklearn_tags__(self):
-        tags = super().__sklearn_tags__()
-        tags.requires_fit = False
-        return tags

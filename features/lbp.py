@@ -26,9 +26,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
-from sklearn.base import BaseEstimator, TransformerMixin
 
-from features._batch import as_image_batch, cell_index, to_gray
+from features._batch import ImageTransformer, as_image_batch, cell_index, to_gray
 
 METHODS = ("uniform", "nri_uniform")
 _CHUNK = 4
@@ -460,7 +459,7 @@ def lbp_histograms(images: np.ndarray, n_points: int = 8, radius: float = 1.0,
     return shares.reshape(n_images, -1).astype(dtype)
 
 
-class LBPFeatures(TransformerMixin, BaseEstimator):
+class LBPFeatures(ImageTransformer):
     """Scikit-learn transformer: images -> grid of uniform LBP histograms.
 
     Parameters
@@ -482,16 +481,7 @@ class LBPFeatures(TransformerMixin, BaseEstimator):
         self.grid = grid
         self.method = method
 
-    def fit(self, X, y=None):
-        """Stateless: nothing is learnt."""
-        return self
-
-    def transform(self, X) -> np.ndarray:
-        """LBP histograms of images ``X`` (N, H, W[, C]), float32."""
-        return lbp_histograms(X, self.n_points, self.radius, tuple(self.grid),
+    def _extract(self, images: np.ndarray) -> np.ndarray:
+        """LBP histograms of the images, float32."""
+        return lbp_histograms(images, self.n_points, self.radius, tuple(self.grid),
                               method=self.method)
-
-    def __sklearn_tags__(self):
-        tags = super().__sklearn_tags__()
-        tags.requires_fit = False
-        return tags

@@ -2,14 +2,13 @@
 from __future__ import annotations
 
 import numpy as np
-from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.decomposition import PCA
 from sklearn.pipeline import Pipeline
 
-from features._batch import as_image_batch
+from features._batch import ImageTransformer
 
 
-class PixelFeatures(TransformerMixin, BaseEstimator):
+class PixelFeatures(ImageTransformer):
     """Scikit-learn transformer: images (N, H, W[, C]) uint8 -> flattened floats in [0, 1].
 
     Parameters
@@ -21,20 +20,10 @@ class PixelFeatures(TransformerMixin, BaseEstimator):
     def __init__(self, dtype: str = "float32"):
         self.dtype = dtype
 
-    def fit(self, X, y=None):
-        """Stateless: nothing is learnt."""
-        return self
-
-    def transform(self, X) -> np.ndarray:
+    def _extract(self, images: np.ndarray) -> np.ndarray:
         """Flattened pixels scaled to [0, 1], shape (N, H * W * C)."""
-        images = as_image_batch(X)
         scale = 1 / 255 if images.dtype == np.uint8 else 1.0
         return (images.reshape(len(images), -1) * scale).astype(self.dtype, copy=False)
-
-    def __sklearn_tags__(self):
-        tags = super().__sklearn_tags__()
-        tags.requires_fit = False
-        return tags
 
 
 def eigenfaces(n_components: int = 150, whiten: bool = True, random_state: int = 0) -> Pipeline:
