@@ -25,7 +25,6 @@ import time
 
 import numpy as np
 
-from features._batch import cell_index
 from features.gabor import GaborFeatures
 from features.hog import HOGFeatures
 from features.io import map_image_chunks
@@ -74,11 +73,14 @@ GABOR_REFERENCE_FACES = 50
 
 def skimage_gabor_per_image(images: np.ndarray, gabor: GaborFeatures) -> np.ndarray:
     """Reference: ``skimage.filters.gabor`` per image and filter, the magnitude of each
-    response averaged over each grid cell."""
+    response averaged over each grid cell (cell k of n along an axis of s pixels spans
+    pixels ceil(k s / n) to ceil((k + 1) s / n), written here by slicing)."""
     from skimage.filters import gabor as skimage_gabor
 
-    rows = cell_index(images.shape[1], gabor.grid[0])
-    cols = cell_index(images.shape[2], gabor.grid[1])
+    def bounds(size: int, cells: int) -> list[int]:
+        return [-(-k * size // cells) for k in range(cells + 1)]
+
+    rows, cols = bounds(images.shape[1], gabor.grid[0]), bounds(images.shape[2], gabor.grid[1])
     features = []
     for image in images:
         for frequency in gabor.frequencies:
@@ -86,8 +88,8 @@ def skimage_gabor_per_image(images: np.ndarray, gabor: GaborFeatures) -> np.ndar
                 real, imaginary = skimage_gabor(image[..., 0] / 255, frequency, mode="mirror",
                                                 theta=np.pi * k / gabor.orientations)
                 magnitude = np.hypot(real, imaginary)
-                features.extend(magnitude[rows == row][:, cols == col].mean()
-                                for row in range(gabor.grid[0]) for col in range(gabor.grid[1]))
+                features.extend(magnitude[rows[r]:rows[r + 1], cols[c]:cols[c + 1]].mean()
+                                for r in range(gabor.grid[0]) for c in range(gabor.grid[1]))
     return np.reshape(features, (len(images), -1))
 
 

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from models.labels import AGE_GROUP_NAMES, ETHNICITY_NAMES, GENDER_NAMES
-from pipelines.metrics import (class_names, classification_metrics, evaluate_task, headline,
-                               regression_metrics)
+from pipelines.metrics import (class_names, classification_metrics, evaluate_task, group_gap,
+                               headline, regression_metrics)
 from pipelines.reports import (OutputExistsError, atomic_path, atomic_write_json,
                                format_summary_table, predictions_path, prepare_output_dir,
                                read_predictions_csv, result_row, write_predictions_csv,
@@ -47,6 +47,28 @@ def test_classification_metrics_rejects_bad_input() -> None:
         classification_metrics([0, 1], [0], ["a", "b"])
     with pytest.raises(ValueError, match="no predictions"):
         classification_metrics([], [], ["a", "b"])
+
+
+def test_within_5_counts_an_error_of_exactly_5_years() -> None:
+    result = regression_metrics([10, 10, 10, 10], [15, 5, 15.01, 4.99])
+    assert result["within_5"] == pytest.approx(0.5)
+
+
+def test_group_gap_by_hand() -> None:
+    #           White     White   Black    Black    Asian
+    ethnicity = [0,        0,      1,       1,       2]
+    groups = {"gender": [0, 1, 0, 1, 0], "ethnicity": ethnicity, "age": [20, 30, 40, 50, 60]}
+    accuracy = evaluate_task("gender", [0, 1, 0, 1, 0], [0, 1, 1, 1, 1], **groups)
+    # accuracy: White 1.0, Black 0.5, Asian 0.0 -> gap 1.0, worst Asian
+    assert group_gap("gender", accuracy, "ethnicity") == (pytest.approx(1.0), "Asian")
+    ages = evaluate_task("age", [20, 30, 40, 50, 60], [22, 30, 46, 54, 61], **groups)
+    # MAE: White (2 + 0) / 2 = 1, Black (6 + 4) / 2 = 5, Asian 1 -> gap 4, worst Black
+    assert group_gap("age", ages, "ethnicity") == (pytest.approx(4.0), "Black")
+    # MAE by gender: male (2 + 6 + 1) / 3 = 3, female (0 + 4) / 2 = 2 -> worst male
+    assert group_gap("age", ages, "gender") == (pytest.approx(1.0), "male")
+    single = evaluate_task("age", [20, 30], [20, 31], gender=[0, 0], ethnicity=[0, 0],
+                           age=[20, 30])
+    assert group_gap("age", single, "ethnicity") == (None, None)
 
 
 def test_regression_metrics_by_hand() -> None:
