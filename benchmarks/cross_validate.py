@@ -169,7 +169,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--split", default=DEFAULT_SPLIT, help="split manifest")
     parser.add_argument("--cache-dir", default=DEFAULT_CACHE, help="feature cache folder")
     parser.add_argument("--n-jobs", type=int, default=ALL_CORES,
-                        help="extraction processes and folds fitted side by side (default: all %(default)s cores)")
+                        help="extraction processes and folds fitted side by side "
+                             "(default: all %(default)s cores)")
     parser.add_argument("--seed", type=int, default=0, help="default: 0")
     parser.add_argument("--out", help="also write the per-fold scores to this JSON file")
     parser.add_argument("--quiet", action="store_true", help="no progress bars, warnings only")

@@ -80,8 +80,8 @@ def compile_network(network: keras.Model, *, learning_rate: float = DEFAULT_LEAR
     codes (both with label smoothing), mean absolute error in years (age), weighted by
     :data:`LOSS_WEIGHTS`; for a network with an ``age_distribution`` output, age is
     learnt through ``models.face_model.label_distribution_loss`` on it instead (the
-    ``age`` output's error is then weighted 0). Metrics are logged as ``gender_acc``, ``ethnicity_acc`` and
-    ``age_mae`` (years).
+    ``age`` output's error is then weighted 0). Metrics are logged as ``gender_acc``,
+    ``ethnicity_acc`` and ``age_mae`` (years).
     """
     import keras
 
