@@ -22,6 +22,7 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.utils.metaestimators import available_if
 from sklearn.utils.validation import check_is_fitted
 
+from features._batch import ImageTransformer
 from models.svm import make_svm
 from models.xgboost_models import make_xgboost
 
@@ -115,7 +116,7 @@ def make_reducer(blocks: Sequence[tuple[str, int, int | None]], n_samples: int,
     return ColumnTransformer(transformers)
 
 
-class Mirrored(TransformerMixin, BaseEstimator):
+class Mirrored(ImageTransformer):
     """Apply a stateless transformer to horizontally mirrored images.
 
     Parameters
@@ -127,18 +128,9 @@ class Mirrored(TransformerMixin, BaseEstimator):
     def __init__(self, transformer=None):
         self.transformer = transformer
 
-    def fit(self, X, y=None):
-        """Stateless: nothing is learnt."""
-        return self
-
-    def transform(self, X) -> np.ndarray:
-        """Features of the images ``X`` mirrored left to right."""
-        return self.transformer.transform(np.ascontiguousarray(np.asarray(X)[:, :, ::-1]))
-
-    def __sklearn_tags__(self):
-        tags = super().__sklearn_tags__()
-        tags.requires_fit = False
-        return tags
+    def _extract(self, images: np.ndarray) -> np.ndarray:
+        """Features of the images mirrored left to right."""
+        return self.transformer.transform(np.ascontiguousarray(images[:, :, ::-1]))
 
 
 def _halves(X) -> tuple[np.ndarray, np.ndarray]:
