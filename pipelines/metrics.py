@@ -4,7 +4,8 @@ Classification tasks (gender, ethnicity, age_group) get accuracy, macro and per-
 precision, recall and F1, and a confusion matrix; age regression gets the mean
 absolute error, the root mean squared error and the share of predictions within
 5 years. :func:`evaluate_task` adds the same metrics per ethnicity, per gender and
-per age group, so that weak spots (children, the elderly, rare ethnicities) show.
+per age group (fairlearn's ``MetricFrame``), with the largest gap between groups and
+the worst group, so that weak spots (children, the elderly, rare ethnicities) show.
 """
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ from typing import Any, Sequence
 
 import numpy as np
 from numpy.typing import ArrayLike
-from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support
+from sklearn.metrics import (accuracy_score, confusion_matrix, mean_absolute_error,
+                             precision_recall_fscore_support)
 
 from models.labels import AGE_GROUP_NAMES, ETHNICITY_NAMES, GENDER_NAMES, TASKS, age_group
 
@@ -103,7 +105,10 @@ def regression_metrics(y_true: ArrayLike, y_pred: ArrayLike) -> dict[str, Any]:
 
 def evaluate_task(task: str, y_true: ArrayLike, y_pred: ArrayLike, *, gender: ArrayLike,
                   ethnicity: ArrayLike, age: ArrayLike) -> dict[str, Any]:
-    """Overall metrics of one task, and the same metrics per demographic group.
+    """Overall metrics of one task, the same metrics per demographic group, and the gaps.
+
+    Groups are scored with fairlearn's ``MetricFrame`` (per ethnicity, gender and age
+    group of the true labels).
 
     Parameters
     ----------
@@ -118,28 +123,65 @@ def evaluate_task(task: str, y_true: ArrayLike, y_pred: ArrayLike, *, gender: Ar
     Returns
     -------
     dict
-        ``task``, ``overall`` (metrics of all faces) and ``by_group``:
-        ``{"ethnicity" | "gender" | "age_group": {group name: metrics}}``, groups
-        without faces left out.
+        ``task``, ``overall`` (metrics of all faces), ``by_group``
+        (``{"ethnicity" | "gender" | "age_group": {group name: metrics}}``, groups
+        without faces left out) and ``fairness``: per grouping, the task's headline
+        figure (``metric``: accuracy, or MAE for age) ``overall``, its largest difference
+        between groups (``gap``), the ``worst`` group and its value; for gender, the
+        equalized-odds and demographic-parity differences between ethnicities; for a
+        classification, the class with the lowest recall (``worst_class``).
     """
+    from fairlearn.metrics import (MetricFrame, demographic_parity_difference,
+                                   equalized_odds_difference)
+
     names = class_names(task)
     y_true, y_pred = _check_pair(y_true, y_pred, dtype=np.float64 if names is None else None)
 
-    def score(mask: np.ndarray | slice) -> dict[str, Any]:
+    def score(truth: np.ndarray, predicted: np.ndarray) -> dict[str, Any]:
         if names is None:
-            return regression_metrics(y_true[mask], y_pred[mask])
-        return classification_metrics(y_true[mask], y_pred[mask], names)
+            return regression_metrics(truth, predicted)
+        return classification_metrics(truth, predicted, names)
 
-    groupings = {"ethnicity": (np.asarray(ethnicity), ETHNICITY_NAMES),
-                 "gender": (np.asarray(gender), GENDER_NAMES),
-                 "age_group": (age_group(age), AGE_GROUP_NAMES)}
-    by_group = {}
-    for grouping, (codes, group_names) in groupings.items():
-        if codes.shape != y_true.shape:
-            raise ValueError(f"{grouping} has shape {codes.shape}, expected {y_true.shape}")
-        by_group[grouping] = {name: score(codes == code)
-                              for code, name in enumerate(group_names) if np.any(codes == code)}
-    return {"task": task, "overall": score(slice(None)), "by_group": by_group}
+    key = "mae" if names is None else "accuracy"
+    headline_metric = mean_absolute_error if names is None else accuracy_score
+    groups = {"ethnicity": _group_names(ethnicity, ETHNICITY_NAMES, y_true.shape, "ethnicity"),
+              "gender": _group_names(gender, GENDER_NAMES, y_true.shape, "gender"),
+              "age_group": _group_names(age_group(age), AGE_GROUP_NAMES, y_true.shape,
+                                        "age_group")}
+    by_group, fairness = {}, {}
+    for grouping, (labels, order) in groups.items():
+        frame = MetricFrame(metrics={"all": score, key: headline_metric}, y_true=y_true,
+                            y_pred=y_pred, sensitive_features=labels)
+        found = [name for name in order if name in frame.by_group.index]
+        by_group[grouping] = {name: frame.by_group.loc[name, "all"] for name in found}
+        values = frame.by_group[key]
+        worst = str(values.idxmax() if names is None else values.idxmin())
+        fairness[grouping] = {"metric": key, "overall": float(frame.overall[key]),
+                              "gap": float(frame.difference()[key]) if len(found) > 1 else None,
+                              "worst": worst if len(found) > 1 else None,
+                              "worst_value": float(values[worst])}
+    overall = score(y_true, y_pred)
+    if task == "gender":
+        ethnicities = groups["ethnicity"][0]
+        fairness["equalized_odds_difference_ethnicity"] = float(
+            equalized_odds_difference(y_true, y_pred, sensitive_features=ethnicities))
+        fairness["demographic_parity_difference_ethnicity"] = float(
+            demographic_parity_difference(y_true, y_pred, sensitive_features=ethnicities))
+    if names is not None:
+        present = {name: figures["recall"] for name, figures in overall["per_class"].items()
+                   if figures["support"]}
+        worst_class = min(present, key=present.get)
+        fairness["worst_class"] = {"class": worst_class, "recall": present[worst_class]}
+    return {"task": task, "overall": overall, "by_group": by_group, "fairness": fairness}
+
+
+def _group_names(codes: ArrayLike, names: Sequence[str], shape: tuple[int, ...],
+                 grouping: str) -> tuple[np.ndarray, tuple[str, ...]]:
+    """Group names of the faces (for fairlearn's sensitive features), and their order."""
+    codes = np.asarray(codes)
+    if codes.shape != shape:
+        raise ValueError(f"{grouping} has shape {codes.shape}, expected {shape}")
+    return np.asarray(names, dtype=object)[codes], tuple(names)
 
 
 def headline(task: str, metrics: dict[str, Any]) -> dict[str, float]:
@@ -154,19 +196,10 @@ def headline(task: str, metrics: dict[str, Any]) -> dict[str, float]:
 
 def group_gap(task: str, metrics: dict[str, Any],
               grouping: str) -> tuple[float, str] | tuple[None, None]:
-    """Largest difference of a task's metric between the groups of one grouping.
+    """Largest difference of a task's headline figure between the groups of one grouping.
 
-    The metric is accuracy for a classification and MAE for age, taken from the
-    ``by_group`` part of an :func:`evaluate_task` result.
-
-    Parameters
-    ----------
-    task : str
-        The task the metrics belong to.
-    metrics : dict
-        Its :func:`evaluate_task` result.
-    grouping : {"ethnicity", "gender", "age_group"}
-        Which groups to compare.
+    The figure is accuracy for a classification and MAE for age, as
+    :func:`evaluate_task` reports it under ``fairness``.
 
     Returns
     -------
@@ -175,13 +208,8 @@ def group_gap(task: str, metrics: dict[str, Any],
         worst group's name (lowest accuracy or highest MAE); None, None with fewer
         than two groups.
     """
-    groups = metrics["by_group"][grouping]
-    if len(groups) < 2:
-        return None, None
-    key, sign = ("mae", -1.0) if class_names(task) is None else ("accuracy", 1.0)
-    worst = min(groups, key=lambda name: sign * groups[name][key])
-    best = max(groups, key=lambda name: sign * groups[name][key])
-    return abs(groups[best][key] - groups[worst][key]), worst
+    found = metrics["fairness"][grouping]
+    return (found["gap"], found["worst"]) if found["gap"] is not None else (None, None)
 
 
 def _check_pair(y_true: ArrayLike, y_pred: ArrayLike,

@@ -71,6 +71,26 @@ def test_group_gap_by_hand() -> None:
     assert group_gap("age", single, "ethnicity") == (None, None)
 
 
+def test_fairness_figures_by_hand() -> None:
+    # White: every face right; Black: one man called a woman, one woman called a man
+    truth = [0, 0, 1, 1, 0, 0, 1, 1]
+    predicted = [0, 0, 1, 1, 1, 0, 0, 1]
+    ethnicity = [0, 0, 0, 0, 1, 1, 1, 1]
+    metrics = evaluate_task("gender", truth, predicted, gender=truth, ethnicity=ethnicity,
+                            age=[25] * 8)
+    fairness = metrics["fairness"]
+    assert fairness["ethnicity"] == {"metric": "accuracy", "overall": 0.75, "gap": 0.5,
+                                     "worst": "Black", "worst_value": 0.5}
+    # true-positive rates 1 and 0.5, false-positive rates 0 and 0.5: both differ by 0.5;
+    # both groups predict "female" for half of their faces
+    assert fairness["equalized_odds_difference_ethnicity"] == pytest.approx(0.5)
+    assert fairness["demographic_parity_difference_ethnicity"] == pytest.approx(0.0)
+    # recall: male 3/4, female 3/4 -> the first of the tied classes
+    assert fairness["worst_class"] == {"class": "male", "recall": 0.75}
+    assert fairness["age_group"]["gap"] is None and fairness["age_group"]["worst"] is None
+    assert metrics["by_group"]["ethnicity"]["Black"]["accuracy"] == 0.5
+
+
 def test_regression_metrics_by_hand() -> None:
     result = regression_metrics([10, 20, 30, 40], [12, 20, 24, 50])
     # errors 2, 0, -6, 10
