@@ -159,33 +159,38 @@ def main(argv: list[str] | None = None) -> None:
     _table(("network", "wall s", "faces/s", "no face found"), rows)
 
     if args.model is not None:
-        from pipelines.photos import predict_photos
-        from pipelines.predictor import load_predictor
         crops = list(paths[:: max(1, len(paths) // args.predict_sample)][:args.predict_sample])
-        print(f"\n3. pipelines.predict {args.model} on {len(crops)} crops (--no-detect), "
-              f"one process\n")
-        predictor = load_predictor(args.model)
-        rows, answers = [], {}
-        for network in NETWORKS[::-1]:
-            if not _switch_network(predictor, network):
-                raise SystemExit(f"{args.model} has no dlib descriptor step")
-            list(predict_photos(predictor, crops[:2], detect=False, progress=False))  # warm
-            start = time.perf_counter()
-            answers[network] = [record for photo in predict_photos(
-                predictor, crops, detect=False, progress=False) for record in photo]
-            wall = time.perf_counter() - start
-            rows.append((network, f"{wall:.1f}", f"{len(crops) / wall:.1f}"))
-        _table(("network", "wall s", "faces/s"), rows)
-        tasks = [task for task in predictor.tasks if task != "age"]
-        same = sum(all(a.get(t) == b.get(t) for t in tasks)
-                   for a, b in zip(answers["dlib"], answers["keras"]))
-        print(f"\nsame predicted classes ({', '.join(tasks) or 'none'}) for {same} of "
-              f"{len(crops)} crops")
-        if "age" in predictor.tasks:
-            ages = np.array([[a["age"], b["age"]] for a, b in
-                             zip(answers["dlib"], answers["keras"])], dtype=float)
-            print(f"predicted ages differ by at most {np.abs(ages[:, 0] - ages[:, 1]).max():.2e}")
+        _prediction_table(args.model, crops)
 
+
+def _prediction_table(model: Path, crops: list) -> None:
+    """Part 3: ``pipelines.predict``'s path on crops with each network, and whether the
+    predictions agree."""
+    from pipelines.photos import predict_photos
+    from pipelines.predictor import load_predictor
+
+    print(f"\n3. pipelines.predict {model} on {len(crops)} crops (--no-detect), one process\n")
+    predictor = load_predictor(model)
+    rows, answers = [], {}
+    for network in NETWORKS[::-1]:
+        if not _switch_network(predictor, network):
+            raise SystemExit(f"{model} has no dlib descriptor step")
+        list(predict_photos(predictor, crops[:2], detect=False, progress=False))  # warm
+        start = time.perf_counter()
+        answers[network] = [record for photo in predict_photos(
+            predictor, crops, detect=False, progress=False) for record in photo]
+        wall = time.perf_counter() - start
+        rows.append((network, f"{wall:.1f}", f"{len(crops) / wall:.1f}"))
+    _table(("network", "wall s", "faces/s"), rows)
+    tasks = [task for task in predictor.tasks if task != "age"]
+    same = sum(all(a.get(t) == b.get(t) for t in tasks)
+               for a, b in zip(answers["dlib"], answers["keras"]))
+    print(f"\nsame predicted classes ({', '.join(tasks) or 'none'}) for {same} of "
+          f"{len(crops)} crops")
+    if "age" in predictor.tasks:
+        ages = np.array([[a["age"], b["age"]] for a, b in
+                         zip(answers["dlib"], answers["keras"])], dtype=float)
+        print(f"predicted ages differ by at most {np.abs(ages[:, 0] - ages[:, 1]).max():.2e}")
 
 if __name__ == "__main__":
     main()
