@@ -43,6 +43,7 @@ from pipelines.artifacts import PACKAGE, task_model_file, versions
 from pipelines.cluster import (SINGLE_MACHINE_MODELS, check_single_machine_model,
                                check_workers_read, connect, on_this_machine)
 from pipelines.dataset import DatasetIndex, index_folder
+from pipelines.fairness import BALANCE_MODES, balance_keys, balanced_weights
 from pipelines.feature_blocks import DEFAULT_FEATURES, FeatureSpec, extract_views
 from models.labels import TASKS
 from pipelines.metrics import class_names, evaluate_task, headline
@@ -98,6 +99,9 @@ class TrainConfig:
         Processes for feature extraction and threads for fitting.
     seed : int
         Seed of PCA and the models.
+    balance : {"none", "class", "group"}
+        Sample weights of the fit (:mod:`pipelines.fairness`): none, every class alike,
+        or every ethnicity x gender x age group alike.
     """
 
     features: tuple[FeatureSpec, ...] = DEFAULT_FEATURES
@@ -108,10 +112,13 @@ class TrainConfig:
     flip: bool = False
     n_jobs: int = 1
     seed: int = 0
+    balance: str = "none"
 
     def __post_init__(self) -> None:
         if self.model not in MODELS:
             raise ValueError(f"unknown model {self.model!r}; choose from {MODELS}")
+        if self.balance not in BALANCE_MODES:
+            raise ValueError(f"balance must be one of {BALANCE_MODES}, got {self.balance!r}")
         unknown = [task for task in self.tasks if task not in TASKS]
         if unknown or not self.tasks:
             raise ValueError(f"tasks must be a non-empty selection of {TASKS}, got {self.tasks}")
@@ -124,7 +131,8 @@ class TrainConfig:
         """JSON-ready description."""
         return {"features": [spec.describe() for spec in self.features], "model": self.model,
                 "tasks": list(self.tasks), "params": self.params, "search": self.search,
-                "flip": self.flip, "n_jobs": self.n_jobs, "seed": self.seed}
+                "flip": self.flip, "n_jobs": self.n_jobs, "seed": self.seed,
+                "balance": self.balance}
 
 
 @dataclass
@@ -167,10 +175,13 @@ class _Candidate:
     estimator: Any
     seconds: float = 0.0
 
-    def fit(self, Z: np.ndarray, y: np.ndarray, client: Client | None = None) -> _Candidate:
+    def fit(self, Z: np.ndarray, y: np.ndarray, client: Client | None = None,
+            sample_weight: np.ndarray | None = None) -> _Candidate:
         start = time.perf_counter()
         if client is None:
-            self.estimator.fit(Z, y)
+            self.estimator.fit(Z, y, sample_weight=sample_weight)
+        elif sample_weight is not None:
+            raise ValueError("sample weights (balance) are not supported on a Dask cluster")
         else:
             fit_on_cluster(self.estimator, Z, y, client)
         self.seconds = time.perf_counter() - start
@@ -293,7 +304,8 @@ def _fit_and_score(parts: dict[str, DatasetIndex], config: TrainConfig, reducer:
                 len(Z_train), threads, "" if fit_client is None else " on the Dask cluster")
     Parallel(n_jobs=threads, prefer="threads")(
         delayed(candidate.fit)(Z_train, parts["train"].labels(candidate.task)[train_rows],
-                               fit_client)
+                               fit_client, _weights(config, candidate.task, parts["train"],
+                                                    train_rows))
         for candidate in candidates)
 
     features = FeatureUnion([
@@ -332,6 +344,13 @@ def _fit_and_score(parts: dict[str, DatasetIndex], config: TrainConfig, reducer:
 
 #: Folds of the validation faces over which an SVM's sigmoids are fitted (at most).
 _CALIBRATION_FOLDS = 5
+
+
+def _weights(config: TrainConfig, task: str, faces: DatasetIndex,
+             rows: np.ndarray) -> np.ndarray | None:
+    """Sample weights of the training rows fitted for a task (:mod:`pipelines.fairness`)."""
+    keys = balance_keys(config.balance, task, faces)
+    return None if keys is None else balanced_weights(keys[rows])
 
 
 def with_probabilities(classifier, Z_val: np.ndarray, y_val: np.ndarray):

@@ -27,6 +27,7 @@ from pipelines.cnn_training import (DEFAULT_BATCH_SIZE, DEFAULT_EPOCHS, FACE_EPO
                                     FACE_FREEZE_EPOCHS, CNNConfig, train_cnn)
 from pipelines.cluster import SCHEDULER_ENV, SVM_CLUSTER_LIMIT, ClusterError, scheduler_address
 from pipelines.dataset import default_cache_dir, default_data_dir
+from pipelines.fairness import BALANCE_MODES
 from pipelines.feature_blocks import DEFAULT_FEATURES, FeatureSpec
 from models.labels import TASKS
 from pipelines.predictor import ModelError
@@ -132,6 +133,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--search", action="store_true",
                         help="try a small grid of parameters per task and keep the best on the "
                              "validation split (about 3-4 times longer)")
+    parser.add_argument("--balance", choices=BALANCE_MODES, default="none",
+                        help="sample weights of the fit: none, class (every class, or age "
+                             "group for age, weighs alike) or group (every ethnicity x gender "
+                             "x age group weighs alike) (default: %(default)s)")
     parser.add_argument("--flip", action="store_true",
                         help="add horizontally mirrored training faces (twice the data; an RBF "
                              "SVM takes about 4 times longer to fit)")
@@ -303,7 +308,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = TrainConfig(features=tuple(args.features or DEFAULT_FEATURES),
                              model=args.model, tasks=tasks, params=dict(args.param),
                              search=args.search, flip=args.flip, n_jobs=args.n_jobs,
-                             seed=args.seed)
+                             seed=args.seed, balance=args.balance)
         summary = run_classical(args.data or default_data_dir(), config,
                                 split_path=args.split, out_dir=args.out,
                                 cache_dir=None if args.no_cache else args.cache_dir,

@@ -63,3 +63,14 @@ def test_dropped_faces_keep_every_label_aligned(parts, tmp_path) -> None:
         assert not {path.name for path in broken} & set(files)
         expected = [getattr(parse_utkface_name(name), task) for name in files]
         np.testing.assert_array_equal(true, expected)
+
+
+@pytest.mark.parametrize("model, params", [("svm", {}), ("linear-svm", {}),
+                                           ("xgboost", {"n_estimators": 20}), ("mlp", {})])
+def test_every_model_fits_with_balanced_weights(parts, model, params, tmp_path_factory) -> None:
+    cache = tmp_path_factory.getbasetemp() / "balance-cache"
+    config = dataclasses.replace(CONFIG, model=model, params=params, tasks=("gender", "age"),
+                                 balance="group")
+    results = train_tasks(parts, config, cache_dir=cache, progress=False)
+    gender, age = (result.test_metrics["overall"] for result in results)
+    assert gender["accuracy"] > 0.6 and age["mae"] < 20

@@ -1,0 +1,45 @@
+"""Mitigating group gaps while training: sample weights that balance classes or groups.
+
+``balance="class"`` gives every class of the task (every age group, for age) the same
+total weight; ``balance="group"`` gives every demographic group of the training faces,
+ethnicity x gender x age group, the same total weight, so that the rare groups (older
+faces, "Others") count as much as the common ones. Weights average 1 over the rows
+fitted; ``"none"`` fits unweighted. The per-group figures that judge the result come
+from :func:`pipelines.metrics.evaluate_task`.
+"""
+from __future__ import annotations
+
+import numpy as np
+from sklearn.utils.class_weight import compute_sample_weight
+
+from models.labels import AGE_GROUP_NAMES, GENDER_NAMES, age_group
+from pipelines.dataset import DatasetIndex
+from pipelines.metrics import class_names
+
+BALANCE_MODES: tuple[str, ...] = ("none", "class", "group")
+
+
+def balance_keys(mode: str, task: str, faces: DatasetIndex) -> np.ndarray | None:
+    """What each face is balanced on: its class (age group for age) or its group code
+    (ethnicity x gender x age group); None for ``"none"``.
+
+    Raises
+    ------
+    ValueError
+        For an unknown mode.
+    """
+    if mode not in BALANCE_MODES:
+        raise ValueError(f"balance must be one of {BALANCE_MODES}, got {mode!r}")
+    if mode == "none":
+        return None
+    if mode == "class":
+        return faces.labels(task) if class_names(task) is not None else age_group(faces.age)
+    return ((faces.ethnicity * len(GENDER_NAMES) + faces.gender) * len(AGE_GROUP_NAMES)
+            + age_group(faces.age))
+
+
+def balanced_weights(keys: np.ndarray | None) -> np.ndarray | None:
+    """Per-row weights giving every key present the same total weight, averaging 1."""
+    if keys is None:
+        return None
+    return compute_sample_weight("balanced", np.asarray(keys))
