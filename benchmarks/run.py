@@ -372,6 +372,10 @@ def _report(config: BenchmarkConfig, extractions: dict[str, Step], pipelines: li
     return write_report(out, rows, context)
 
 
+def _raise_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``python -m benchmarks.run``."""
     parser = argparse.ArgumentParser(
@@ -437,6 +441,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_cli_args(parser, argv)
     out = args.out or (QUICK_OUT if args.quick else DEFAULT_OUT)
     command = shlex.join(["python", "-m", "benchmarks.run", *argv])
+    # SIGTERM as Ctrl-C: stop the running step (its own process group) and report
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
         config = load_config(args.config)
         if args.quick:
@@ -454,6 +460,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (FileNotFoundError, NotADirectoryError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     print()
     print(summary_tables(results["rows"]))
     failed = failed_rows(results["rows"])
