@@ -1,11 +1,20 @@
 """Sample weights that balance classes or demographic groups (pipelines.fairness)."""
 from __future__ import annotations
 
+import csv
+import json
+
 import numpy as np
 import pytest
 
-from pipelines.dataset import DatasetIndex
+from benchmarks.fairness import main as fairness_main
+from pipelines.classical import TrainConfig, run_classical
+from pipelines.dataset import DatasetIndex, default_data_dir, index_folder
 from pipelines.fairness import balance_keys, balanced_weights
+from pipelines.feature_blocks import FeatureSpec
+from tests.conftest import link_faces
+
+DATA = default_data_dir()
 
 FACES = DatasetIndex("/nowhere", tuple(f"{i}.jpg" for i in range(8)),
                      age=np.array([1, 25, 25, 25, 30, 70, 71, 25]),
@@ -42,3 +51,36 @@ def test_no_balance_and_unknown_modes() -> None:
     assert balanced_weights(balance_keys("none", "age", FACES)) is None
     with pytest.raises(ValueError, match="balance must be one of"):
         balance_keys("ethnic", "age", FACES)
+
+
+@pytest.mark.skipif(not DATA.is_dir(), reason=f"no UTKFace folder at {DATA}")
+def test_trade_off_table_of_a_run(tmp_path) -> None:
+    paths = index_folder(DATA).paths
+    faces = link_faces(tmp_path / "faces", paths[:: len(paths) // 150][:150])
+    config = TrainConfig(features=(FeatureSpec("pixels", (16, 16), "gray"),),
+                         model="xgboost", params={"n_estimators": 10},
+                         tasks=("gender", "ethnicity"), n_jobs=1)
+    run_classical(faces, config, split_path=tmp_path / "split.json", out_dir=tmp_path / "run",
+                  progress=False)
+    assert fairness_main([f"tiny={tmp_path / 'run'}", "--data", str(faces), "--split",
+                          str(tmp_path / "split.json"), "--cache-dir", str(tmp_path / "cache"),
+                          "--out", str(tmp_path / "fair"), "--quiet"]) == 0
+    with open(tmp_path / "fair.csv", newline="") as stream:
+        rows = {row["part"]: row for row in csv.DictReader(stream)}
+    assert set(rows) == {"validation", "test"}
+    gender = json.loads((tmp_path / "run" / "gender_metrics.json").read_text())
+    test = rows["test"]
+    assert float(test["gender_accuracy"]) == pytest.approx(gender["overall"]["accuracy"])
+    worst = gender["fairness"]["ethnicity"]
+    assert test["gender_worst_ethnicity"] == worst["worst"]
+    assert float(test["gender_gap"]) == pytest.approx(gender["overall"]["accuracy"]
+                                                      - worst["worst_value"])
+    ethnicity = json.loads((tmp_path / "run" / "ethnicity_metrics.json").read_text())
+    assert float(test["others_recall"]) == pytest.approx(
+        ethnicity["overall"]["per_class"]["Others"]["recall"])
+    # validation: the saved model on the validation faces, as the run summary has it
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    val_accuracy = next(row["val_accuracy"] for row in summary["rows"] if row["task"] == "gender")
+    assert float(rows["validation"]["gender_accuracy"]) == pytest.approx(val_accuracy)
+    assert "| `tiny` | test |" in (tmp_path / "fair.md").read_text()
+    assert (tmp_path / "fair.png").read_bytes()[:4] == b"\x89PNG"
