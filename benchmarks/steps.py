@@ -43,6 +43,7 @@ from joblib.externals.loky import get_reusable_executor
 
 from benchmarks.config import ClassicalPipeline, CNNPipeline, RunPipeline
 from models.factory import MODELS
+from pipelines.artifacts import CNN_SUMMARY_FILE, SUMMARY_FILE, task_model_file
 from pipelines.classical import TrainConfig, save_results, train_tasks
 from pipelines.cluster import check_workers_read, connect
 from pipelines.dataset import DatasetIndex, parse_utkface_name
@@ -185,7 +186,7 @@ def classical_step(pipeline: ClassicalPipeline, job: Job) -> dict[str, Any]:
             **task_figures(result.task, result.test_metrics),
             "fit_s": result.fit_seconds,
             "predict_faces_per_s": round(faces_per_second(result.pipeline.predict, sample), 1),
-            "model_bytes": (out / f"{result.task}_model.joblib").stat().st_size,
+            "model_bytes": (out / task_model_file(result.task)).stat().st_size,
             "n_train": result.n_train, "params": result.params,
             "test_faces_sha256": names_sha256(result.test_files),
             "predictions": face_predictions(result.test_files, result.test_true,
@@ -228,10 +229,10 @@ def cnn_step(pipeline: CNNPipeline, job: Job) -> dict[str, Any]:
 
 def _summary(out: Path) -> dict[str, Any]:
     """A run folder's summary: ``cnn_summary.json`` of a CNN, else ``summary.json``."""
-    for name in ("cnn_summary.json", "summary.json"):
+    for name in (CNN_SUMMARY_FILE, SUMMARY_FILE):
         if (out / name).is_file():
             return json.loads((out / name).read_text(encoding="utf-8"))
-    raise FileNotFoundError(f"{out} holds no summary.json or cnn_summary.json")
+    raise FileNotFoundError(f"{out} holds no {SUMMARY_FILE} or {CNN_SUMMARY_FILE}")
 
 
 def _task_row(summary: dict[str, Any], task: str) -> dict[str, Any]:

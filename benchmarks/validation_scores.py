@@ -26,6 +26,7 @@ import joblib
 import numpy as np
 from sklearn.metrics import f1_score, log_loss
 
+from pipelines.artifacts import SUMMARY_FILE, task_model_file
 from pipelines.classical import task_kind
 from pipelines.dataset import index_folder
 from pipelines.feature_blocks import FeatureSpec, extract_views
@@ -53,7 +54,7 @@ def validation_scores(run_dir: str | Path, task: str,
         ``rmse`` (age).
     """
     run_dir = Path(run_dir)
-    summary = json.loads((run_dir / "summary.json").read_text())
+    summary = json.loads((run_dir / SUMMARY_FILE).read_text())
     specs = [FeatureSpec.parse(block["spec"]) for block in summary["config"]["features"]]
     index = index_folder(summary["data"])
     parts = load_or_create_split(index, summary["split"]["manifest"]).apply(index)
@@ -62,7 +63,7 @@ def validation_scores(run_dir: str | Path, task: str,
     rows = np.intersect1d(image.kept, mirror.kept)
     X = np.hstack([image.X[np.searchsorted(image.kept, rows)],
                    mirror.X[np.searchsorted(mirror.kept, rows)]])
-    pipeline = joblib.load(run_dir / f"{task}_model.joblib")
+    pipeline = joblib.load(run_dir / task_model_file(task))
     Z = pipeline.named_steps["reduce"].transform(X)
     model = pipeline.named_steps["model"]
     truth = parts["val"].labels(task)[rows]

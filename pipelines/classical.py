@@ -39,7 +39,7 @@ from sklearn.pipeline import FeatureUnion, Pipeline
 
 from models.factory import MODELS, MirrorAveraged, PerView, make_estimator, make_reducer
 from models.xgboost_models import fit_on_cluster
-from pipelines.artifacts import PACKAGE, task_model_file, versions
+from pipelines.artifacts import PACKAGE, SUMMARY_FILE, task_model_file, versions
 from pipelines.cluster import (SINGLE_MACHINE_MODELS, check_single_machine_model,
                                check_workers_read, connect, on_this_machine)
 from pipelines.dataset import DatasetIndex, index_folder
@@ -501,5 +501,5 @@ def run_classical(data_dir: str | os.PathLike, config: TrainConfig, *,
                "split": split_info,
                "data": str(index.folder), "scheduler": scheduler,
                "seconds": round(time.perf_counter() - start, 1), "versions": versions()}
-    atomic_write_json(out_dir / "summary.json", summary)
+    atomic_write_json(out_dir / SUMMARY_FILE, summary)
     return summary
