@@ -163,17 +163,20 @@ def summary_tables(rows: Sequence[Mapping[str, Any]]) -> str:
     for task in dict.fromkeys(row["task"] for row in rows):
         keys = (("accuracy", "f1_macro") if class_names(task) is not None
                 else ("mae", "rmse", "within_5"))
+        ranked = _ranked(rows, task)
+        reference = _reference(ranked)
         table = [{"pipeline": row["pipeline"], "status": row["status"],
                   **{key: row[key] for key in keys[:1]},
                   "ci95": "-" if row["ci95_low"] is None else
                   f"{row['ci95_low']:.3f}-{row['ci95_high']:.3f}",
-                  "vs_best": _versus_best(row, i == 0) if row["status"] == "done" else "-",
+                  "vs_best": _versus_best(row, i == reference) if row["status"] == "done"
+                  else "-",
                   **{key: row[key] for key in keys[1:]},
                   "gap_eth": row["gap_ethnicity"], "gap_gender": row["gap_gender"],
                   "extract_s": row["extract_s"], "fit_s": row["fit_s"],
                   "faces_per_s": row["predict_faces_per_s"],
                   "model_mb": None if row["model_bytes"] is None else row["model_bytes"] / 1e6}
-                 for i, row in enumerate(_ranked(rows, task))]
+                 for i, row in enumerate(ranked)]
         blocks.append(f"{task}\n{format_summary_table(table)}")
     return "\n\n".join(blocks)
 
@@ -246,6 +249,11 @@ def _note(row: Mapping[str, Any], context: Mapping[str, Any]) -> str:
     return "; ".join(notes)
 
 
+def _reference(rows: Sequence[Mapping[str, Any]]) -> int | None:
+    """Position of the row the others are compared with: the best with an interval."""
+    return next((i for i, row in enumerate(rows) if row["ci95_low"] is not None), None)
+
+
 def _versus_best(row: Mapping[str, Any], best: bool) -> str:
     """The paired comparison with the task's best pipeline, ``*`` when significant."""
     if best:
@@ -269,6 +277,7 @@ def task_table(rows: Sequence[Mapping[str, Any]], task: str, context: Mapping[st
                ("fit_s", "fit s"), ("pipeline_s", "wall s"),
                ("predict_faces_per_s", "predict faces/s"), ("model_bytes", "model MB"))
     ranked = _ranked(rows, task)
+    reference = _reference(ranked)
     best = {column: _best_cells(ranked, column, task) for column, _ in columns[1:]}
     titles = [columns[0][1], columns[1][1], "vs best (paired)", *(t for _, t in columns[2:])]
     lines = ["| " + " | ".join(titles) + " | note |",
@@ -279,7 +288,7 @@ def task_table(rows: Sequence[Mapping[str, Any]], task: str, context: Mapping[st
             text = _cell(column, row, task) if row["status"] == "done" else "-"
             cells.append(f"**{text}**" if i in best[column] else text)
         done = row["status"] == "done"
-        cells.insert(2, _versus_best(row, i == 0 and done) if done else "-")
+        cells.insert(2, _versus_best(row, i == reference) if done else "-")
         lines.append("| " + " | ".join(cells + [_note(row, context)]) + " |")
     return "\n".join(lines)
 
