@@ -53,8 +53,8 @@ from typing import Any, Mapping
 from features.io import DEFAULT_SIZE
 from models.cnn import ARCHITECTURES, resolve_tasks
 from models.factory import MODELS
-from pipelines.feature_blocks import FeatureSpec
 from models.labels import TASKS
+from pipelines.feature_blocks import FeatureSpec
 from pipelines.run import build_parser
 from pipelines.stacking import DEFAULT_MEMBERS, STACK_TASKS
 

@@ -31,10 +31,10 @@ from sklearn.base import clone
 from sklearn.model_selection import StratifiedKFold
 
 from models.factory import MODELS, MirrorAveraged, make_estimator
+from models.labels import TASKS
 from pipelines.classical import TrainConfig, reduced_views, task_kind
 from pipelines.dataset import default_data_dir, index_folder
 from pipelines.feature_blocks import FeatureSpec
-from models.labels import TASKS
 from pipelines.run import (ALL_CORES, DEFAULT_CACHE, DEFAULT_SPLIT, parse_cli_args,
                            parse_feature_spec, parse_param)
 from pipelines.splits import load_or_create_split

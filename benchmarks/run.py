@@ -48,9 +48,9 @@ from benchmarks import steps
 from benchmarks.machine import environment
 from benchmarks.config import DEFAULT_CONFIG, BenchmarkConfig, load_config
 from benchmarks.report import failed_rows, summary_tables, table_rows, write_report
+from models.labels import TASKS
 from pipelines.cluster import SCHEDULER_ENV, SVM_CLUSTER_LIMIT, scheduler_address
 from pipelines.dataset import DatasetIndex, default_data_dir, index_folder
-from models.labels import TASKS
 from pipelines.reports import atomic_write_json
 from pipelines.run import ALL_CORES, DEFAULT_CACHE, DEFAULT_SPLIT, parse_cli_args
 from pipelines.splits import PARTS, Split, load_or_create_split, names_sha256

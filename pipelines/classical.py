@@ -38,6 +38,7 @@ from sklearn.frozen import FrozenEstimator
 from sklearn.pipeline import FeatureUnion, Pipeline
 
 from models.factory import MODELS, MirrorAveraged, PerView, make_estimator, make_reducer
+from models.labels import TASKS
 from models.xgboost_models import fit_on_cluster
 from pipelines.artifacts import PACKAGE, SUMMARY_FILE, task_model_file, versions
 from pipelines.cluster import (SINGLE_MACHINE_MODELS, check_single_machine_model,
@@ -45,7 +46,6 @@ from pipelines.cluster import (SINGLE_MACHINE_MODELS, check_single_machine_model
 from pipelines.dataset import DatasetIndex, index_folder
 from pipelines.fairness import BALANCE_MODES, balance_keys, balanced_weights
 from pipelines.feature_blocks import DEFAULT_FEATURES, FeatureSpec, extract_views
-from models.labels import TASKS
 from pipelines.metrics import class_names, evaluate_task, headline
 from pipelines.reports import (atomic_write_json, prepare_output_dir, result_row, save_artifact,
                                write_task_report)

@@ -42,9 +42,9 @@ import numpy as np
 from sklearn.pipeline import Pipeline
 
 from models import cnn, safety
+from models.labels import AGE_GROUP_NAMES, TASKS, age_group
 from models.stack import StackedFaceModel, is_multitask, labels_of
 from pipelines.artifacts import CNN_MODEL_FILE, PACKAGE, STACK_FILE, task_model_file, versions
-from models.labels import AGE_GROUP_NAMES, TASKS, age_group
 from pipelines.metrics import class_names
 
 logger = logging.getLogger(__name__)

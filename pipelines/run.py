@@ -21,6 +21,7 @@ from features import EXTRACTORS
 from features.io import COLOR_MODES
 from models.cnn import ARCHITECTURE_NAMES
 from models.factory import MODELS
+from models.labels import TASKS
 from models.precision import PRECISIONS
 from pipelines.classical import TrainConfig, run_classical
 from pipelines.cnn_training import (DEFAULT_BATCH_SIZE, DEFAULT_EPOCHS, FACE_EPOCHS,
@@ -29,7 +30,6 @@ from pipelines.cluster import SCHEDULER_ENV, SVM_CLUSTER_LIMIT, ClusterError, sc
 from pipelines.dataset import default_cache_dir, default_data_dir
 from pipelines.fairness import BALANCE_MODES
 from pipelines.feature_blocks import DEFAULT_FEATURES, FeatureSpec
-from models.labels import TASKS
 from pipelines.predictor import ModelError
 from pipelines.reports import (OutputExistsError, format_summary_table, prepare_output_dir,
                                result_row)

@@ -32,8 +32,8 @@ from typing import Any
 import numpy as np
 from sklearn.model_selection import train_test_split
 
-from pipelines.dataset import DatasetIndex
 from models.labels import age_group
+from pipelines.dataset import DatasetIndex
 from pipelines.reports import atomic_write_bytes
 
 logger = logging.getLogger(__name__)

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from models.labels import AGE_GROUP_EDGES, AGE_GROUP_NAMES, age_group
 from pipelines import dataset
 from pipelines.dataset import (
     DatasetIndex,
@@ -19,7 +20,6 @@ from pipelines.dataset import (
     is_image_name,
     parse_utkface_name,
 )
-from models.labels import AGE_GROUP_EDGES, AGE_GROUP_NAMES, age_group
 
 MISSING_RACE = ("39_1_20170116174525125.jpg.chip.jpg", "61_1_20170109142408075.jpg.chip.jpg")
 

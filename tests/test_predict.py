@@ -17,13 +17,13 @@ from sklearn.svm import LinearSVC
 
 import features.io
 from features.faces import FaceBox, crop_face
+from models.labels import AGE_GROUP_NAMES, ETHNICITY_NAMES, GENDER_NAMES, age_group
 from models.safety import file_sha256
 from pipelines import predictor as predictor_module
 from pipelines.artifacts import versions
 from pipelines.classical import TrainConfig, run_classical
 from pipelines.dataset import default_data_dir, index_folder
 from pipelines.feature_blocks import FeatureSpec
-from models.labels import AGE_GROUP_NAMES, ETHNICITY_NAMES, GENDER_NAMES, age_group
 from pipelines.photos import FACE_COLUMNS, find_photos, predict_photos
 from pipelines.predict import is_model_path, main
 from pipelines.predictor import load_predictor

@@ -12,10 +12,10 @@ import pytest
 from PIL import Image
 
 from features.io import ImageLoadError
+from models.labels import AGE_GROUP_NAMES, GENDER_NAMES, TASKS
 from models.safety import ChecksumError, file_sha256, load_model
 from pipelines.dataset import default_data_dir
 from pipelines.feature_blocks import DEFAULT_FEATURES, FeatureSpec
-from models.labels import AGE_GROUP_NAMES, GENDER_NAMES, TASKS
 from pipelines.run import main
 from pipelines.splits import Split
 from tests.conftest import link_random_faces

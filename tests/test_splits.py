@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from models.labels import age_group
 from pipelines import splits
 from pipelines.dataset import DatasetIndex, default_data_dir, index_folder
-from models.labels import age_group
 from pipelines.splits import FORMAT_VERSION, STRATIFY_ON, Split, load_or_create_split, make_split
 
 
