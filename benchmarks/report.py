@@ -324,7 +324,7 @@ def _pipelines_table(context: Mapping[str, Any]) -> str:
     lines = ["| pipeline | features or network | model | tasks |", "|---|---|---|---|"]
     for spec in context["pipelines"]:
         if spec["kind"] == "run":
-            what = f"`python -m pipelines.run {shlex.join(spec['args'])}`" + (
+            what = f"`{shlex.join(['python', '-m', 'pipelines.run', *spec['args']])}`" + (
                 f" `--epochs {spec['epochs']}`" if spec["epochs"] else "")
             model = spec["model"]
         elif spec["kind"] == "cnn":
