@@ -25,7 +25,7 @@ import numpy as np
 from models.labels import ETHNICITY_NAMES
 from models.stack import labels_of
 from pipelines.artifacts import STACK_FILE
-from pipelines.dataset import DatasetIndex, default_data_dir, index_folder, parse_utkface_name
+from pipelines.dataset import DatasetIndex, default_data_dir, index_folder, index_of_names
 from pipelines.metrics import evaluate_task
 from pipelines.reports import (atomic_path, atomic_write_bytes, predictions_path,
                                read_predictions_csv)
@@ -84,11 +84,7 @@ def test_scores(folder: Path, data: Path) -> dict[str, tuple[DatasetIndex, np.nd
         path = predictions_path(folder, task)
         if path.is_file():
             files, _, predicted = read_predictions_csv(path)
-            labels = [parse_utkface_name(name) for name in files]
-            faces = DatasetIndex(data, tuple(files), age=[face.age for face in labels],
-                                 gender=[face.gender for face in labels],
-                                 ethnicity=[face.ethnicity for face in labels])
-            scored[task] = (faces, predicted.astype(np.int64))
+            scored[task] = (index_of_names(data, files), predicted.astype(np.int64))
     return scored
 
 

@@ -46,7 +46,7 @@ from models.factory import MODELS
 from pipelines.artifacts import CNN_SUMMARY_FILE, SUMMARY_FILE, task_model_file
 from pipelines.classical import TrainConfig, save_results, train_tasks
 from pipelines.cluster import check_workers_read, connect
-from pipelines.dataset import DatasetIndex, parse_utkface_name
+from pipelines.dataset import DatasetIndex, index_of_names
 from pipelines.feature_blocks import FeatureSpec, extract_views
 from pipelines.metrics import group_gap, headline
 from pipelines.reports import predictions_path, prepare_output_dir, read_predictions_csv
@@ -101,14 +101,7 @@ def load_parts(job: Job) -> tuple[Split, dict[str, DatasetIndex]]:
     """The split and its train, val and test faces, labelled from their names (the
     parent checked that the folder holds them)."""
     split = Split.load(job.split)
-    parts = {}
-    for part in PARTS:
-        names = getattr(split, part)
-        labels = [parse_utkface_name(name) for name in names]
-        parts[part] = DatasetIndex(job.data, names, age=[face.age for face in labels],
-                                   gender=[face.gender for face in labels],
-                                   ethnicity=[face.ethnicity for face in labels])
-    return split, parts
+    return split, {part: index_of_names(job.data, getattr(split, part)) for part in PARTS}
 
 
 def task_figures(task: str, metrics: dict[str, Any]) -> dict[str, Any]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -270,6 +270,21 @@ class DatasetIndex:
         if task == "age_group":
             return age_group(self.age)
         return getattr(self, task)
+
+
+def index_of_names(folder: str | os.PathLike, names: Sequence[str]) -> DatasetIndex:
+    """The faces of ``folder`` named ``names``, in that order, labelled from the names
+    (the files are not read).
+
+    Raises
+    ------
+    UTKFaceNameError
+        For a name that does not parse.
+    """
+    labels = [parse_utkface_name(name) for name in names]
+    return DatasetIndex(Path(folder), tuple(names), age=[face.age for face in labels],
+                        gender=[face.gender for face in labels],
+                        ethnicity=[face.ethnicity for face in labels])
 
 
 def default_data_dir() -> Path:

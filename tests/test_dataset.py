@@ -316,3 +316,13 @@ def test_real_data_folder() -> None:
     assert len(index) == image_count - len(index.skipped)
     spaced = "24_0_1_20170116220224657 .jpg.chip.jpg"       # a space in the name is kept
     assert (spaced in index.file_names) == (folder / spaced).is_file()
+
+
+def test_index_of_names_keeps_their_order_and_labels() -> None:
+    names = ["30_1_2_20170116174525125.jpg.chip.jpg", "4_0_0_20170110225451638.jpg.chip.jpg"]
+    index = dataset.index_of_names("/nowhere", names)
+    assert index.file_names == tuple(names)           # not re-sorted
+    assert index.age.tolist() == [30, 4] and index.gender.tolist() == [1, 0]
+    assert index.ethnicity.tolist() == [2, 0]
+    with pytest.raises(dataset.UTKFaceNameError):
+        dataset.index_of_names("/nowhere", ["39_1_20170116174525125.jpg.chip.jpg"])
