@@ -44,8 +44,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from importlib import resources
 import re
+from importlib import resources
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping

@@ -35,9 +35,9 @@ from models.labels import TASKS
 from pipelines.classical import TrainConfig, reduced_views, task_kind
 from pipelines.dataset import default_data_dir, index_folder
 from pipelines.feature_blocks import FeatureSpec
-from pipelines.run import (ALL_CORES, DEFAULT_CACHE, DEFAULT_SPLIT, parse_cli_args,
+from pipelines.run import (ALL_CORES, DEFAULT_CACHE, parse_cli_args,
                            parse_feature_spec, parse_param)
-from pipelines.splits import load_or_create_split
+from pipelines.splits import DEFAULT_MANIFEST, load_or_create_split
 
 logger = logging.getLogger(__name__)
 
@@ -60,7 +60,7 @@ def _fold_score(estimator, both: np.ndarray, y: np.ndarray, train: np.ndarray,
 
 def cross_validate(data_dir: str | Path, candidates: Sequence[Sequence[FeatureSpec]],
                    config: TrainConfig, *, folds: int = 5,
-                   split_path: str | Path = DEFAULT_SPLIT,
+                   split_path: str | Path = DEFAULT_MANIFEST,
                    cache_dir: str | Path | None = DEFAULT_CACHE,
                    progress: bool = True) -> list[dict[str, Any]]:
     """Per-fold scores of each candidate set of feature blocks on each task.
@@ -166,7 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--folds", type=int, default=5, help="default: 5")
     parser.add_argument("--data", help="UTKFace folder (default: ../shared/data/UTKFace or "
                                        "$UTKFACE_DIR)")
-    parser.add_argument("--split", default=DEFAULT_SPLIT, help="split manifest")
+    parser.add_argument("--split", default=DEFAULT_MANIFEST, help="split manifest")
     parser.add_argument("--cache-dir", default=DEFAULT_CACHE, help="feature cache folder")
     parser.add_argument("--n-jobs", type=int, default=ALL_CORES,
                         help="extraction processes and folds fitted side by side "

@@ -29,9 +29,9 @@ from pipelines.dataset import DatasetIndex, default_data_dir, index_folder, inde
 from pipelines.metrics import evaluate_task
 from pipelines.reports import (atomic_path, atomic_write_bytes, predictions_path,
                                read_predictions_csv)
-from pipelines.run import DEFAULT_CACHE, DEFAULT_SPLIT, LOG_FORMAT, parse_member
-from pipelines.splits import load_or_create_split
-from pipelines.stacking import load_member, member_outputs
+from pipelines.run import DEFAULT_CACHE, LOG_FORMAT, parse_member
+from pipelines.splits import DEFAULT_MANIFEST, load_or_create_split
+from pipelines.stacking import judged_rows, load_member, member_outputs
 
 TASKS = ("gender", "ethnicity")
 COLUMNS = ("run", "part", "gender_accuracy", "gender_worst_ethnicity", "gender_worst_accuracy",
@@ -71,7 +71,7 @@ def validation_scores(folder: Path, faces: DatasetIndex, cache_dir: Path | None
     for task in TASKS:
         if task in outputs:
             values = outputs[task]
-            judged = ~np.isnan(values.reshape(len(values), -1)).any(axis=1)
+            judged = judged_rows(values)
             scored[task] = (faces.subset(np.flatnonzero(judged)),
                             labels_of(task, values[judged]))
     return scored
@@ -130,7 +130,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                      description=__doc__.split("\n")[0])
     parser.add_argument("runs", nargs="+", type=parse_member, metavar="[NAME=]RUN_FOLDER")
     parser.add_argument("--data", type=Path, default=None, help="UTKFace folder")
-    parser.add_argument("--split", type=Path, default=DEFAULT_SPLIT, help="split manifest")
+    parser.add_argument("--split", type=Path, default=DEFAULT_MANIFEST, help="split manifest")
     parser.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE / "stack",
                         help="cached model outputs (default: %(default)s)")
     parser.add_argument("--out", type=Path, required=True,

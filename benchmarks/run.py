@@ -52,8 +52,8 @@ from models.labels import TASKS
 from pipelines.cluster import SCHEDULER_ENV, SVM_CLUSTER_LIMIT, scheduler_address
 from pipelines.dataset import DatasetIndex, default_data_dir, index_folder
 from pipelines.reports import atomic_write_json
-from pipelines.run import ALL_CORES, DEFAULT_CACHE, DEFAULT_SPLIT, parse_cli_args
-from pipelines.splits import PARTS, Split, load_or_create_split, names_sha256
+from pipelines.run import ALL_CORES, DEFAULT_CACHE, parse_cli_args
+from pipelines.splits import DEFAULT_MANIFEST, PARTS, Split, load_or_create_split, names_sha256
 
 logger = logging.getLogger(__name__)
 
@@ -395,9 +395,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data", type=Path, default=None,
                         help="UTKFace image folder (default: $UTKFACE_DIR or "
                              f"{default_data_dir()})")
-    parser.add_argument("--split", type=Path, default=DEFAULT_SPLIT,
+    parser.add_argument("--split", type=Path, default=DEFAULT_MANIFEST,
                         help="shared split manifest; made with the configuration's seed and "
-                             f"saved there if missing (default: {DEFAULT_SPLIT})")
+                             f"saved there if missing (default: {DEFAULT_MANIFEST})")
     parser.add_argument("--out", type=Path, default=None,
                         help=f"report folder (default: {DEFAULT_OUT}, or {QUICK_OUT} with "
                              "--quick)")

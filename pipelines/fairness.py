@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 from sklearn.utils.class_weight import compute_sample_weight
 
-from models.labels import AGE_GROUP_NAMES, GENDER_NAMES, age_group
+from models.labels import AGE_GROUP_NAMES, GENDER_NAMES
 from pipelines.dataset import DatasetIndex
 from pipelines.metrics import class_names
 
@@ -33,9 +33,9 @@ def balance_keys(mode: str, task: str, faces: DatasetIndex) -> np.ndarray | None
     if mode == "none":
         return None
     if mode == "class":
-        return faces.labels(task) if class_names(task) is not None else age_group(faces.age)
+        return faces.labels(task if class_names(task) is not None else "age_group")
     return ((faces.ethnicity * len(GENDER_NAMES) + faces.gender) * len(AGE_GROUP_NAMES)
-            + age_group(faces.age))
+            + faces.labels("age_group"))
 
 
 def balanced_weights(keys: np.ndarray | None) -> np.ndarray | None:

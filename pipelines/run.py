@@ -36,7 +36,6 @@ from pipelines.reports import (OutputExistsError, format_summary_table, prepare_
 from pipelines.splits import DEFAULT_MANIFEST
 from pipelines.stacking import DEFAULT_MEMBERS, MEMBERS_DIR, has_model, run_stack
 
-DEFAULT_SPLIT = DEFAULT_MANIFEST
 DEFAULT_CACHE = default_cache_dir()
 DEFAULT_OUT = Path("runs") / "classical"
 
@@ -140,9 +139,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--flip", action="store_true",
                         help="add horizontally mirrored training faces (twice the data; an RBF "
                              "SVM takes about 4 times longer to fit)")
-    parser.add_argument("--split", type=Path, default=DEFAULT_SPLIT,
+    parser.add_argument("--split", type=Path, default=DEFAULT_MANIFEST,
                         help="split manifest (JSON); made with --seed and saved there if "
-                             f"missing (default: {DEFAULT_SPLIT})")
+                             f"missing (default: {DEFAULT_MANIFEST})")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT,
                         help="output folder for models, metrics and plots "
                              f"(default: {DEFAULT_OUT})")

@@ -169,7 +169,7 @@ def member_outputs(members: Mapping[str, tuple[Any, str]], faces: DatasetIndex, 
     return {name: found[name] for name in members}
 
 
-def _judged(outputs: np.ndarray) -> np.ndarray:
+def judged_rows(outputs: np.ndarray) -> np.ndarray:
     """Rows a member judged (no NaN)."""
     return ~np.isnan(outputs.reshape(len(outputs), -1)).any(axis=1)
 
@@ -198,7 +198,7 @@ def score_task(task: str, stack_outputs: np.ndarray,
     stack = labels_of(task, stack_outputs)
     scores = {"stack": _figure(task, y_true, stack)}
     for name, outputs in member_outputs.items():
-        judged = _judged(outputs[task])
+        judged = judged_rows(outputs[task])
         member = labels_of(task, outputs[task][judged])
         scores[name] = {**_figure(task, y_true[judged], member),
                         "vs_stack": compare(task, y_true[judged], stack[judged], member)}
@@ -234,7 +234,7 @@ def _score_stack(stack: StackedFaceModel, outputs: Mapping[str, Mapping[str, Any
         used = {name: outputs["test"][name] for name in stack.inputs_[task]}
         scores = score_task(task, combined[task], used, test)
         for name in stack.inputs_[task]:
-            judged = _judged(outputs["val"][name][task])
+            judged = judged_rows(outputs["val"][name][task])
             validation = _figure(task, val.labels(task)[judged],
                                  labels_of(task, outputs["val"][name][task][judged]))
             rows.append(_table_row(task, name, validation, scores[name]))
