@@ -166,7 +166,7 @@ def main(argv: list[str] | None = None) -> None:
 def _prediction_table(model: Path, crops: list) -> None:
     """Part 3: ``pipelines.predict``'s path on crops with each network, and whether the
     predictions agree."""
-    from pipelines.photos import predict_photos
+    from pipelines.photos import FaceSearch, predict_photos
     from pipelines.predictor import load_predictor
 
     print(f"\n3. pipelines.predict {model} on {len(crops)} crops (--no-detect), one process\n")
@@ -175,10 +175,10 @@ def _prediction_table(model: Path, crops: list) -> None:
     for network in NETWORKS[::-1]:
         if not _switch_network(predictor, network):
             raise SystemExit(f"{model} has no dlib descriptor step")
-        list(predict_photos(predictor, crops[:2], detect=False, progress=False))  # warm
+        list(predict_photos(predictor, crops[:2], search=FaceSearch(None), progress=False))  # warm
         start = time.perf_counter()
         answers[network] = [record for photo in predict_photos(
-            predictor, crops, detect=False, progress=False) for record in photo]
+            predictor, crops, search=FaceSearch(None), progress=False) for record in photo]
         wall = time.perf_counter() - start
         rows.append((network, f"{wall:.1f}", f"{len(crops) / wall:.1f}"))
     _table(("network", "wall s", "faces/s"), rows)

@@ -15,9 +15,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, Sequence
 
-from pipelines.photos import PHOTO_EXTENSIONS, find_photos, record_columns, write_predictions
+from features.faces import DEFAULT_DETECTOR, DEFAULT_MIN_SIZE, DETECTORS
+from pipelines.photos import (PHOTO_EXTENSIONS, FaceSearch, find_photos, record_columns,
+                              write_predictions)
 from pipelines.predictor import (DEFAULT_BATCH_SIZE, FacePredictor, ModelError, bundled_model,
                                  load_predictor, run_folder_files)
+from pipelines.run import ALL_CORES
 from pipelines.writers import OUTPUT_SUFFIXES, RecordWriter, TableWriter, open_writer
 
 logger = logging.getLogger(__name__)
@@ -54,6 +57,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-detect", action="store_true",
                         help="take every image as an already-cropped face (like UTKFace's), "
                              "without face detection")
+    parser.add_argument("--detector", choices=DETECTORS, default=DEFAULT_DETECTOR,
+                        help="face detector: dlib's HOG detector (default), dlib's MMOD CNN "
+                             "(finds more faces at odd poses, seconds per photo) or "
+                             "scikit-image's LBP cascade; faces are then aligned on dlib's "
+                             "5 landmarks to the UTKFace framing")
+    parser.add_argument("--min-face", type=int, default=DEFAULT_MIN_SIZE, metavar="PIXELS",
+                        help="smallest face searched for: side of its UTKFace-framed crop "
+                             "in photo pixels (default: %(default)s; larger is faster)")
+    parser.add_argument("--n-jobs", type=int, default=ALL_CORES,
+                        help="worker processes reading, searching and predicting photos "
+                             "(default: one per core, %(default)s here); 1 works in this "
+                             "process")
     parser.add_argument("--allow-other-version", action="store_true",
                         help="use a .joblib model saved by another utkface-toolkit version "
                              "(refused by default), with a warning")
@@ -88,8 +103,9 @@ def _model_and_inputs(parser: argparse.ArgumentParser,
 
 
 def _check_out(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    if args.batch_size < 1:
-        parser.error("--batch-size must be >= 1")
+    for option in ("batch_size", "min_face", "n_jobs"):
+        if getattr(args, option) < 1:
+            parser.error(f"--{option.replace('_', '-')} must be >= 1")
     if args.out is None:
         return
     if args.out.suffix.lower() not in OUTPUT_SUFFIXES:
@@ -131,8 +147,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         with logging_redirect_tqdm(), _writer_for(args, predictor, paths) as writer:
-            summary = write_predictions(writer, predictor, paths, detect=not args.no_detect,
-                                        progress=not args.quiet)
+            search = FaceSearch(None if args.no_detect else args.detector, args.min_face)
+            summary = write_predictions(writer, predictor, paths, search=search,
+                                        n_jobs=args.n_jobs, progress=not args.quiet)
     except KeyboardInterrupt:
         print(f"\ninterrupted{f'; the results so far are in {args.out}' if args.out else ''}",
               file=sys.stderr)

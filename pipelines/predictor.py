@@ -19,14 +19,14 @@ Models
     model. Predicted ages are clipped at 0, as the CNN does.
 
 Batching
-    A face's prediction never depends on the other faces of a run, and is bit for bit
-    what the saved model's own ``predict([crop])`` gives. The crops of several photos are
-    gathered into a batch; a classical pipeline's first step (the stateless image ->
-    features step) runs over the whole batch, once for all tasks whose first steps are
-    equal, and its learnt steps (scaling, PCA, model) run face by face: BLAS matrix
-    products differ in the last bits between one row and many. A CNN or a stack runs
-    face by face for the same reason: TensorFlow's CPU kernels give a face slightly
-    different outputs (about 1e-8) at different positions of a batch.
+    The crops of several photos are predicted together: a classical pipeline's first
+    step (the stateless image -> features step) runs once per batch for all tasks whose
+    first steps are equal, then each task's learnt steps (scaling, PCA, model) run on the
+    whole batch; a classifier's label is its most probable class (what the project's
+    classifiers' ``predict`` gives), so one pass gives labels and probabilities. A CNN or
+    a stack judges the batch in one pass too. A face's prediction does not depend on the
+    other faces of a batch beyond float rounding: BLAS and TensorFlow kernels sum in a
+    different order for different batch shapes (probabilities move by about 1e-8).
 """
 from __future__ import annotations
 
@@ -69,7 +69,7 @@ class ClassicalTask:
     features : Pipeline
         The stateless first step (images -> features), run over a batch of crops.
     learnt : Pipeline
-        The remaining steps, run face by face.
+        The remaining steps, run on the extracted batch.
     features_key : str
         Hash of ``features``: tasks with equal keys share one extraction.
     classes : ndarray or None
@@ -98,11 +98,15 @@ class ClassicalTask:
         values = np.full(len(features), np.nan)
         proba = (np.full((len(features), len(class_names(self.task))), np.nan)
                  if self.classes is not None else None)
-        for i in np.flatnonzero(found):
-            values[i] = self.learnt.predict(features[i:i + 1])[0]
-            if proba is not None:
-                proba[i] = 0.0
-                proba[i, self.classes] = self.learnt.predict_proba(features[i:i + 1])[0]
+        if not found.any():
+            return values, proba
+        if proba is None:
+            values[found] = self.learnt.predict(features[found])
+            return values, proba
+        found_proba = self.learnt.predict_proba(features[found])
+        values[found] = self.classes[found_proba.argmax(axis=1)]
+        proba[found] = 0.0
+        proba[np.ix_(found, self.classes)] = found_proba
         return values, proba
 
 
@@ -164,12 +168,10 @@ class FacePredictor:
     def _network_outputs(self, crops: Sequence[np.ndarray]) -> dict[str, tuple]:
         if self.network is None:
             return {}
-        outputs = [self.network.task_outputs([crop]) for crop in crops]
-        combined = {task: np.concatenate([output[task] for output in outputs])
-                    for task in self.network_tasks}
-        return {task: (values, None) if task == "age"
-                else (labels_of(task, values), values)
-                for task, values in combined.items()}
+        outputs = self.network.task_outputs(list(crops))
+        return {task: (outputs[task], None) if task == "age"
+                else (labels_of(task, outputs[task]), outputs[task])
+                for task in self.network_tasks}
 
     def predict(self, crops: Sequence[np.ndarray]) -> list[dict[str, Any]]:
         """Predictions for face crops.

@@ -1,47 +1,128 @@
-"""Face detection on composited photos and cropping to the UTKFace framing."""
+"""Face detection and alignment on synthetic scenes with known boxes."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from features.faces import CROP_SCALE, FaceBox, crop_face, detect_faces
+from benchmarks.scenes import compose_scene, read_truth, write_scene_set
+from features.alignment import (ALIGNED_SIZE, UTKFACE_LANDMARKS, FaceBox, align_face,
+                                measure_template)
+from features.faces import DETECTORS, _search_view, dlib_landmarks, detect_faces
+
+dlib = pytest.importorskip("dlib")
 
 
-def composite(face_path: str, top: int, left: int, size=(520, 420)) -> Image.Image:
-    """A UTKFace crop pasted on a flat background at a known place."""
+def scene(face_path: str, side: int, roll: float, centre=(210, 300),
+          size=(560, 420)) -> tuple[Image.Image, FaceBox]:
+    """A UTKFace crop scaled to ``side``, rolled and pasted on a flat background."""
     photo = Image.new("RGB", size, (90, 120, 90))
-    photo.paste(Image.open(face_path).convert("RGB"), (left, top))
-    return photo
+    face = Image.open(face_path).convert("RGB").resize((side, side), Image.Resampling.LANCZOS)
+    mask = Image.new("L", face.size, 255).rotate(roll, expand=True)
+    face = face.rotate(roll, resample=Image.Resampling.BICUBIC, expand=True)
+    row, col = centre
+    photo.paste(face, (col - face.width // 2, row - face.height // 2), mask)
+    return photo, FaceBox(row - side // 2, col - side // 2, side, side)
 
 
-def test_detected_box_overlaps_the_pasted_face(face_paths) -> None:
+@pytest.fixture(scope="module")
+def adults(face_paths) -> list[str]:
+    """Sample faces of adults (ages 20-60), which every detector should find upright."""
+    return [path for path in face_paths if 20 <= int(path.rsplit("/", 1)[-1].split("_")[0]) <= 60][:6]
+
+
+@pytest.mark.parametrize("detector", DETECTORS)
+def test_upright_faces_are_found_at_their_box(adults, detector) -> None:
+    found = 0
+    for path in adults[:3]:
+        photo, truth = scene(path, 160, 0.0)
+        faces = detect_faces(photo, detector)
+        found += bool(faces) and faces[0].box.iou(truth) >= 0.5
+        assert len(faces) <= 1   # no second box for one face
+    assert found >= 2
+
+
+@pytest.mark.parametrize("side, roll", [(200, 25.0), (200, -30.0), (64, 0.0), (64, 15.0)])
+def test_rolled_and_small_faces_are_found_and_levelled(adults, side, roll) -> None:
     hits = 0
-    for path in face_paths[8:16]:  # adults and children of the sample
-        photo = composite(path, top=120, left=260)
-        faces = detect_faces(np.asarray(photo.convert("L")))
-        truth = FaceBox(120, 260, 200, 200)
-        hits += bool(faces) and faces[0].iou(truth) > 0.5
-    assert hits >= 6
+    for path in adults:
+        photo, truth = scene(path, side, roll)
+        faces = detect_faces(photo)
+        if faces and faces[0].box.iou(truth) >= 0.5:
+            hits += 1
+            assert faces[0].angle == pytest.approx(roll, abs=6)
+            assert faces[0].crop.shape == (ALIGNED_SIZE, ALIGNED_SIZE, 3)
+    assert hits >= 5
 
 
-def test_large_photo_is_searched_downscaled_and_mapped_back(face_paths) -> None:
-    photo = composite(face_paths[12], top=300, left=700, size=(1600, 1000))
-    photo = photo.resize((2400, 1500))  # face now 300 px at (450, 1050)
-    faces = detect_faces(np.asarray(photo.convert("L")), max_side=800)
-    assert faces and faces[0].iou(FaceBox(450, 1050, 300, 300)) > 0.5
+def test_alignment_puts_the_landmarks_where_utkface_has_them(adults) -> None:
+    """A rolled, shrunk face, found and aligned, has its landmarks back at the template."""
+    for path in adults[:3]:
+        photo, _ = scene(path, 120, 20.0)
+        (face,) = detect_faces(photo)
+        points = dlib_landmarks(face.crop, dlib.rectangle(15, 15, 195, 195))
+        assert np.abs(points - UTKFACE_LANDMARKS).max() < 12   # UTKFace's own spread: 2.5-5 px sd
 
 
-def test_blank_image_has_no_face() -> None:
-    assert detect_faces(np.full((300, 300), 128, np.uint8)) == []
-    with pytest.raises(ValueError, match="grayscale"):
-        detect_faces(np.zeros((30, 30, 3), np.uint8))
+def test_align_face_on_the_template_returns_the_photo_itself(face_paths) -> None:
+    image = np.asarray(Image.open(face_paths[0]).convert("RGB"))
+    aligned = align_face(image, UTKFACE_LANDMARKS, score=1.5)
+    assert aligned.box == FaceBox(0, 0, 200, 200) and aligned.angle == pytest.approx(0)
+    assert aligned.score == 1.5
+    assert np.abs(aligned.crop.astype(int) - image).max() <= 1
+    with pytest.raises(ValueError, match="5 finite"):
+        align_face(image, UTKFACE_LANDMARKS[:4])
 
 
-def test_crop_is_square_and_padded_at_the_border() -> None:
-    photo = Image.fromarray(np.arange(100 * 80, dtype=np.uint32).reshape(100, 80).astype(np.uint8))
-    crop = crop_face(photo, FaceBox(top=-10, left=50, height=60, width=60))
-    assert crop.size == (round(60 * CROP_SCALE),) * 2
-    assert np.asarray(crop)[0].tolist() == np.asarray(crop)[1].tolist()  # edge rows repeated
-    inside = crop_face(photo, FaceBox(top=20, left=10, height=40, width=40))
-    assert inside.size == (round(40 * CROP_SCALE),) * 2
+def test_template_is_the_mean_of_utkface_crops(face_paths) -> None:
+    template, missed = measure_template(face_paths[:40])
+    assert missed <= 4
+    assert np.abs(template - UTKFACE_LANDMARKS).max() < 4
+
+
+def test_search_view_maps_points_back_exactly() -> None:
+    photo = Image.new("RGB", (300, 200))
+    photo.putpixel((250, 40), (255, 255, 255))
+    view, to_view = _search_view(photo, 1.5, 20.0)
+    bright = np.argwhere(view[..., 0] > 60)
+    (col, row), = to_view([[250.5, 40.5]])
+    assert np.abs(bright.mean(axis=0) - [row, col]).max() < 1.5
+    assert to_view.inverse(to_view([[250, 40]])) == pytest.approx(np.array([[250, 40]]))
+
+
+@pytest.mark.parametrize("detector", DETECTORS)
+def test_no_face_in_blank_or_noise(detector) -> None:
+    rng = np.random.default_rng(0)
+    assert detect_faces(np.full((300, 400, 3), 128, np.uint8), detector) == []
+    assert detect_faces(rng.integers(0, 256, (300, 400, 3), dtype=np.uint8), detector) == []
+
+
+def test_arguments_are_checked() -> None:
+    with pytest.raises(ValueError, match="detector must be one of"):
+        detect_faces(np.zeros((50, 50, 3), np.uint8), "haar")
+    with pytest.raises(ValueError, match="min_size"):
+        detect_faces(np.zeros((50, 50, 3), np.uint8), min_size=0)
+
+
+def test_scene_set_has_faces_where_its_truth_says(face_paths, tmp_path) -> None:
+    truth_path = write_scene_set(tmp_path, face_paths[:12], 4, seed=3,
+                                 face_sizes=(80, 140), max_roll=10)
+    truth = read_truth(truth_path)
+    assert sorted(truth) == [f"scene_{i:04d}.jpg" for i in range(4)]
+    names = {path.rsplit("/", 1)[-1] for path in face_paths[:12]}
+    placed = [face for faces in truth.values() for face in faces]
+    assert {face.file for face in placed} <= names
+    assert len({face.file for face in placed}) == len(placed)    # each face used once
+    hits = sum(any(face.box.iou(found.box) >= 0.5
+                   for found in detect_faces(Image.open(tmp_path / photo)))
+               for photo, faces in truth.items() for face in faces)
+    assert hits >= len(placed) - 1
+    with pytest.raises(ValueError, match="faces"):
+        write_scene_set(tmp_path, face_paths[:5], 4)
+
+
+def test_compose_scene_keeps_faces_apart(face_paths) -> None:
+    _, faces = compose_scene(np.random.default_rng(0), face_paths[:3], face_sizes=(100, 150))
+    for i, a in enumerate(faces):
+        for b in faces[i + 1:]:
+            assert a.box.iou(b.box) == 0

@@ -16,7 +16,8 @@ from sklearn.pipeline import Pipeline
 from sklearn.svm import LinearSVC
 
 import features.io
-from features.faces import FaceBox, crop_face
+from features.alignment import FaceBox
+from features.faces import detect_faces
 from models.labels import AGE_GROUP_NAMES, ETHNICITY_NAMES, GENDER_NAMES, age_group
 from models.safety import file_sha256
 from pipelines import predictor as predictor_module
@@ -24,7 +25,7 @@ from pipelines.artifacts import versions
 from pipelines.classical import TrainConfig, run_classical
 from pipelines.dataset import default_data_dir, index_folder
 from pipelines.feature_blocks import FeatureSpec
-from pipelines.photos import FACE_COLUMNS, find_photos, predict_photos
+from pipelines.photos import FACE_COLUMNS, FaceSearch, find_photos, predict_photos
 from pipelines.predict import is_model_path, main
 from pipelines.predictor import load_predictor
 from pipelines.reports import save_artifact
@@ -90,6 +91,24 @@ def expected_fields(run: Path, crop: np.ndarray) -> dict:
     return fields
 
 
+def assert_same_records(got: list, expected: list) -> None:
+    """Equal records, floats to float-rounding of batched arithmetic."""
+    assert len(got) == len(expected)
+    for got_photo, expected_photo in zip(got, expected):
+        assert [list(record) for record in got_photo] == \
+            [list(record) for record in expected_photo]
+        for got_record, expected_record in zip(got_photo, expected_photo):
+            for key, value in expected_record.items():
+                if isinstance(value, float):
+                    assert got_record[key] == pytest.approx(value, rel=1e-6, abs=1e-9), key
+                else:
+                    assert got_record[key] == value, key
+
+
+def assert_fields(record: dict, expected: dict) -> None:
+    assert_same_records([[{key: record[key] for key in expected}]], [[expected]])
+
+
 # --- end to end ---------------------------------------------------------------------------
 
 
@@ -123,25 +142,35 @@ def test_face_is_detected_in_a_photo_and_predicted_as_its_crop(run: Path, photo:
     box = FaceBox(record["top"], record["left"], record["height"], record["width"])
     assert record["face"] == 0 and record["error"] is None
     assert box.iou(FaceBox(120, 260, 200, 200)) > 0.5
-    crop = np.asarray(crop_face(Image.open(photo).convert("RGB"), box))
-    assert {key: record[key] for key in expected_fields(run, crop)} == \
-        expected_fields(run, crop)
+    (face,) = detect_faces(Image.open(photo))
+    assert face.box == box
+    assert_fields(record, expected_fields(run, face.crop))
 
 
-def test_batch_and_single_predictions_are_identical(run: Path, face_paths,
-                                                    photo: Path) -> None:
+def test_batch_single_and_parallel_predictions_agree(run: Path, face_paths,
+                                                     photo: Path) -> None:
     paths = [*face_paths[:9], photo, *face_paths[9:12]]
     predictor = load_predictor(run, batch_size=4)
     assert len({model.features_key for model in predictor.classical}) == 1  # one extraction
-    batched = [records for records in predict_photos(predictor, paths, progress=False,
-                                                      detect=False)]
-    alone = [list(predict_photos(predictor, [path], progress=False, detect=False))[0]
+    batched = list(predict_photos(predictor, paths, progress=False, search=FaceSearch(None)))
+    alone = [list(predict_photos(predictor, [path], progress=False, search=FaceSearch(None)))[0]
              for path in paths]
-    assert batched == alone
+    assert_same_records(batched, alone)
+    parallel = list(predict_photos(predictor, paths, progress=False, search=FaceSearch(None),
+                                   n_jobs=2))
+    assert_same_records(parallel, batched)
     for path, (record,) in zip(paths[:3], batched):
-        crop = np.asarray(Image.open(path).convert("RGB"))
-        assert {key: record[key] for key in expected_fields(run, crop)} == \
-            expected_fields(run, crop)
+        assert_fields(record, expected_fields(run, np.asarray(Image.open(path).convert("RGB"))))
+
+
+def test_detected_faces_are_the_same_with_two_workers(run: Path, face_paths,
+                                                       photo: Path) -> None:
+    predictor = load_predictor(run, batch_size=2)
+    paths = [photo, face_paths[3], photo]     # a crop is searched as a photo too
+    one = list(predict_photos(predictor, paths, progress=False))
+    two = list(predict_photos(predictor, paths, progress=False, n_jobs=2))
+    assert_same_records(two, one)
+    assert one[0][0]["face"] == 0 and one[2] == one[0]
 
 
 def test_folders_are_walked_recursively_in_order(run: Path, face_paths,
@@ -211,10 +240,10 @@ def bad_photos(face_paths, photo: Path, tmp_path: Path) -> dict[str, Path]:
 def test_bad_photos_are_reported_and_the_run_goes_on(run: Path, photo: Path, bad_photos,
                                                      tmp_path: Path, monkeypatch,
                                                      caplog) -> None:
-    monkeypatch.setattr(features.io, "MAX_PIXELS", 600 * 600)
+    monkeypatch.setattr(features.io, "MAX_PIXELS", 600 * 600)   # in this process only
     out = tmp_path / "faces.csv"
     assert main([str(run), *map(str, bad_photos.values()), str(photo), "--out",
-                 str(out), "--quiet"]) == 1
+                 str(out), "--quiet", "--n-jobs", "1"]) == 1
     rows = {Path(row["file"]).name: row for row in read_csv(out)}
     assert rows.keys() == {*bad_photos, "photo.png"}
     errors = {name: row["error"] for name, row in rows.items()}
@@ -330,7 +359,8 @@ def test_single_model_file_and_model_without_probabilities(run: Path, face_paths
                   {"task": "gender", "versions": versions()})
     predictor = load_predictor(path)
     assert predictor.tasks == ("gender",) and predictor.columns == ["gender"]
-    records = list(predict_photos(predictor, face_paths[:2], detect=False, progress=False))
+    records = list(predict_photos(predictor, face_paths[:2], search=FaceSearch(None),
+                                  progress=False))
     assert [r[0]["gender"] for r in records] == \
         [GENDER_NAMES[c] for c in linear.predict([np.asarray(Image.open(p).convert("RGB"))
                                                   for p in face_paths[:2]])]
@@ -349,14 +379,18 @@ def test_cnn_run_folder(face_paths, tmp_path: Path) -> None:
     assert predictor.tasks == ("gender", "ethnicity", "age")
     assert "p_ethnicity_Others" in predictor.columns
     paths = face_paths[:6]
-    batched = list(predict_photos(predictor, paths, detect=False, progress=False))
-    alone = [list(predict_photos(predictor, [path], detect=False, progress=False))[0]
+    batched = list(predict_photos(predictor, paths, search=FaceSearch(None), progress=False))
+    alone = [list(predict_photos(predictor, [path], search=FaceSearch(None), progress=False))[0]
              for path in paths]
-    assert batched == alone
+    assert_same_records(batched, alone)
+    parallel = list(predict_photos(predictor, paths, search=FaceSearch(None), progress=False,
+                                   n_jobs=2))   # workers read, the network stays here
+    assert_same_records(parallel, batched)
     crop = np.asarray(Image.open(paths[0]).convert("RGB"))
     proba, values = network.predict_proba([crop]), network.predict([crop])
     (record,) = batched[0]
-    assert [record["p_gender_male"], record["p_gender_female"]] == proba["gender"][0].tolist()
+    assert [record["p_gender_male"], record["p_gender_female"]] == \
+        pytest.approx(proba["gender"][0].tolist(), rel=1e-6)
     assert record["ethnicity"] == ETHNICITY_NAMES[values["ethnicity"][0]]
     assert record["age"] == max(values["age"][0], 0.0)
     (tmp_path / "model.keras").write_bytes(b"PK\x03\x04 truncated")

@@ -11,7 +11,7 @@ import pytest
 from models.stack import StackedFaceModel
 from pipelines import predict, stacking
 from pipelines.feature_blocks import FeatureSpec
-from pipelines.photos import predict_photos
+from pipelines.photos import FaceSearch, predict_photos
 from pipelines.predictor import load_predictor
 from pipelines.classical import TrainConfig, run_classical
 from pipelines.dataset import default_data_dir, index_folder
@@ -111,7 +111,7 @@ def test_the_saved_stack_predicts_alone_and_through_predict(root, stacked, tmp_p
     alone = model.predict(faces)
     assert set(alone) == set(stacking.STACK_TASKS)
     records = [record for (record,) in predict_photos(
-        load_predictor(out), faces, detect=False, progress=False)]
+        load_predictor(out), faces, search=FaceSearch(None), progress=False)]
     assert [record["gender"] for record in records] == \
         [("male", "female")[code] for code in alone["gender"]]
     np.testing.assert_allclose([record["age"] for record in records], alone["age"], atol=1e-6)

@@ -168,6 +168,7 @@ class CNNPredictor:
         self.color = "gray" if channels == 1 else "rgb"
         self._network = network
         self._keras_bytes: bytes | None = None
+        self._forward = None
 
     def __repr__(self) -> str:
         return (f"CNNPredictor(tasks={self.tasks}, size={self.size}, color={self.color!r}, "
@@ -197,6 +198,7 @@ class CNNPredictor:
         self.jitter = state.get("jitter", False)
         self._network = None
         self._keras_bytes = state["keras_bytes"]
+        self._forward = None
 
     def _check_task(self, task: str | None) -> tuple[str, ...]:
         if task is None:
@@ -205,8 +207,19 @@ class CNNPredictor:
             raise ValueError(f"this network predicts {self.tasks}, not {task!r}")
         return (task,)
 
+    def _forward_pass(self):
+        """The network's inference pass as a TensorFlow graph, traced once for any batch
+        size (on 2 CPU cores about twice as fast as eager calls)."""
+        if self._forward is None:
+            import tensorflow as tf
+
+            network = self.network
+            spec = tf.TensorSpec((None, *network.input_shape[1:]), tf.float32)
+            self._forward = tf.function(lambda images: network(images, training=False),
+                                        input_signature=[spec])
+        return self._forward
+
     def _outputs(self, X, batch_size: int) -> dict[str, np.ndarray]:
-        # Eager calls per batch: no graph to trace, unlike ``Model.predict``.
         images = ImageLoader(self.size, self.color).transform(X)
         if self.aligned:
             from features.embeddings import face_chips
@@ -216,8 +229,7 @@ class CNNPredictor:
             views += [view[:, :, ::-1] for view in views]
         outputs = {task: [] for task in self.tasks}
         for start in range(0, len(images), batch_size):
-            results = [self.network(view[start:start + batch_size].astype(np.float32),
-                                    training=False)
+            results = [self._forward_pass()(view[start:start + batch_size].astype(np.float32))
                        for view in views]
             for task in self.tasks:
                 outputs[task].append(np.mean([np.asarray(result[task]) for result in results],
