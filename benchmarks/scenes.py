@@ -5,6 +5,11 @@ flipped at random, or smooth generated noise) with one or more UTKFace crops pas
 in, each scaled to a side in ``face_sizes``, rolled by up to ``max_roll`` degrees and
 placed so that no two overlap. A face's true box is the square its crop covers before
 the roll: the UTKFace framing, which is what :func:`features.faces.detect_faces` reports.
+
+UTKFace's crops have no surroundings, while a face realigned in a photo is framed from
+its own landmarks, a few pixels off its crop; so each crop is pasted with a margin of
+``margin`` of its side on every side, its own border mirrored (as a photo would have
+more of the scene there), rather than with a hard edge to the background.
 :func:`write_scene_set` writes photos and a ``truth.csv``; :func:`read_truth` reads it.
 """
 from __future__ import annotations
@@ -23,10 +28,11 @@ from features.alignment import FaceBox
 from features.io import load_image
 from pipelines.reports import atomic_write_bytes
 
-#: scikit-image sample photos without faces (``skimage.data`` names).
+#: scikit-image sample photos without human faces (``skimage.data`` names; not
+#: ``astronaut`` or ``camera``, which show people, nor ``coins``, which shows heads).
 BACKGROUNDS: tuple[str, ...] = (
     "coffee", "chelsea", "rocket", "hubble_deep_field", "retina", "brick", "grass", "gravel",
-    "immunohistochemistry", "moon", "coins", "clock", "colorwheel")
+    "immunohistochemistry", "moon", "clock", "colorwheel")
 TRUTH_FILE = "truth.csv"
 TRUTH_COLUMNS = ("photo", "face", "file", "top", "left", "height", "width", "roll")
 _GENERATED_SHARE = 0.25
@@ -67,7 +73,8 @@ def background(rng: np.random.Generator, size: tuple[int, int]) -> Image.Image:
 
 def compose_scene(rng: np.random.Generator, face_paths: Sequence[str | os.PathLike], *,
                   size: tuple[int, int] = (640, 480), face_sizes: tuple[int, int] = (60, 260),
-                  max_roll: float = 30.0) -> tuple[Image.Image, list[PlacedFace]]:
+                  max_roll: float = 30.0,
+                  margin: float = 0.15) -> tuple[Image.Image, list[PlacedFace]]:
     """Paste the given faces into a new background.
 
     Parameters
@@ -83,6 +90,8 @@ def compose_scene(rng: np.random.Generator, face_paths: Sequence[str | os.PathLi
         Smallest and largest side of a pasted crop, pixels.
     max_roll : float
         Largest roll, degrees, either way.
+    margin : float
+        Mirrored border added around each crop, as a fraction of its side.
 
     Returns
     -------
@@ -92,8 +101,10 @@ def compose_scene(rng: np.random.Generator, face_paths: Sequence[str | os.PathLi
     placed: list[tuple[PlacedFace, float]] = []   # with the rolled crop's half extent
     for path in face_paths:
         side = int(rng.integers(face_sizes[0], face_sizes[1] + 1))
+        border = round(margin * side)
         roll = float(rng.uniform(-max_roll, max_roll))
-        half = side * (abs(np.cos(np.radians(roll))) + abs(np.sin(np.radians(roll)))) / 2
+        half = (side + 2 * border) * (abs(np.cos(np.radians(roll)))
+                                      + abs(np.sin(np.radians(roll)))) / 2
         for _ in range(_PLACEMENT_TRIES):
             if 2 * half >= min(size):
                 break
@@ -104,7 +115,9 @@ def compose_scene(rng: np.random.Generator, face_paths: Sequence[str | os.PathLi
                        or abs(col - (other.box.left + other.box.width / 2)) > half + extent
                        for other, extent in placed)
             if free:
-                face = Image.fromarray(load_image(path, (side, side), "rgb"))
+                crop = load_image(path, (side, side), "rgb")
+                face = Image.fromarray(np.pad(crop, ((border, border), (border, border), (0, 0)),
+                                              mode="symmetric"))
                 mask = Image.new("L", face.size, 255).rotate(roll, expand=True)
                 face = face.rotate(roll, resample=Image.Resampling.BICUBIC, expand=True)
                 scene.paste(face, (round(col - face.width / 2), round(row - face.height / 2)),

@@ -1,6 +1,6 @@
 """Face detection in photos, then alignment to the UTKFace framing.
 
-:func:`detect_faces` finds faces with one of :data:`DETECTORS`, places dlib's 5-point
+:func:`detect_faces` finds faces with one of :data:`DETECTORS`, places dlib's facial
 landmarks in each box and cuts the face out aligned as UTKFace's crops are
 (:func:`features.alignment.align_face`):
 
@@ -34,7 +34,8 @@ Face check
     (``benchmarks/README.md``).
 
 Detections of one face (at several rolls, or overlapping windows) are merged: of the
-aligned boxes overlapping by IoU > :data:`MERGE_OVERLAP` the highest scoring is kept.
+aligned boxes overlapping by IoU > :data:`MERGE_OVERLAP`, or lying mostly
+(:data:`MERGE_COVERED`) inside another, the highest scoring is kept.
 Faces come most confident first. dlib is imported when :func:`detect_faces` runs.
 """
 from __future__ import annotations
@@ -47,7 +48,7 @@ import numpy as np
 from PIL import Image
 from skimage.transform import SimilarityTransform
 
-from features.alignment import AlignedFace, align_face
+from features.alignment import AlignedFace, align_face, dlib_landmarks
 
 DETECTORS: tuple[str, ...] = ("dlib-hog", "dlib-cnn", "lbp")
 DEFAULT_DETECTOR = "dlib-hog"
@@ -57,15 +58,17 @@ DEFAULT_MIN_SIZE = 60
 MAX_SEARCH_PIXELS = 1_500_000
 #: Extra rolls (degrees) searched by dlib-hog and lbp, besides the upright photo.
 ROLL_SEARCH = (-20.0, 20.0)
-#: Aligned boxes overlapping more than this (IoU) are one face.
+#: Aligned boxes overlapping more than this (IoU) are one face ...
 MERGE_OVERLAP = 0.3
+#: ... and so is a box lying this much (share of its area) inside a more confident one.
+MERGE_COVERED = 0.5
 #: The HOG search keeps windows scoring above this (dlib's own default is 0) ...
-HOG_SEARCH_THRESHOLD = -0.3
+HOG_SEARCH_THRESHOLD = -0.1
 #: ... and a face found by HOG or LBP is kept when its aligned crop scores at least this
 #: with the HOG detector (the face check; not applied to ``dlib-cnn``).
 CHECK_THRESHOLD = -0.3
 #: Faces whose aligned box is smaller than this fraction of ``min_size`` are dropped.
-MIN_SIZE_SLACK = 0.8
+MIN_SIZE_SLACK = 0.9
 #: Per detector: smallest box side searched (pixels of the searched image: the dlib
 #: detectors' window; twice the cascade's 24-px window, at which it misses most faces),
 #: and its box side as a fraction of the UTKFace crop side (median over UTKFace crops
@@ -193,14 +196,6 @@ def check_score(crop: np.ndarray) -> float:
     return max(face_detector().run(crop, 0, -2.0)[1], default=-np.inf)
 
 
-def dlib_landmarks(image: np.ndarray, rect) -> np.ndarray:
-    """dlib's 5 landmarks, (5, 2) float (x, y), placed in a ``dlib.rectangle`` of ``image``."""
-    from features.embeddings import landmark_model
-
-    shape = landmark_model(5)(image, rect)
-    return np.array([(point.x, point.y) for point in shape.parts()], dtype=float)
-
-
 def detect_faces(photo: np.ndarray | Image.Image, detector: str = DEFAULT_DETECTOR, *,
                  min_size: int = DEFAULT_MIN_SIZE) -> list[AlignedFace]:
     """Find the faces of a photo and cut each out in the UTKFace framing.
@@ -245,6 +240,7 @@ def detect_faces(photo: np.ndarray | Image.Image, detector: str = DEFAULT_DETECT
             faces.append(face)
     kept: list[AlignedFace] = []
     for face in sorted(faces, key=lambda face: -face.score):
-        if all(face.box.iou(other.box) <= MERGE_OVERLAP for other in kept):
+        if all(face.box.iou(other.box) <= MERGE_OVERLAP
+               and face.box.covered_by(other.box) < MERGE_COVERED for other in kept):
             kept.append(face)
     return kept

@@ -61,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="face detector: dlib's HOG detector (default), dlib's MMOD CNN "
                              "(finds more faces at odd poses, seconds per photo) or "
                              "scikit-image's LBP cascade; faces are then aligned on dlib's "
-                             "5 landmarks to the UTKFace framing")
+                             "landmarks to the UTKFace framing")
     parser.add_argument("--min-face", type=int, default=DEFAULT_MIN_SIZE, metavar="PIXELS",
                         help="smallest face searched for: side of its UTKFace-framed crop "
                              "in photo pixels (default: %(default)s; larger is faster)")

@@ -22,7 +22,8 @@ Batching
     The crops of several photos are predicted together: a classical pipeline's first
     step (the stateless image -> features step) runs once per batch for all tasks whose
     first steps are equal, then each task's learnt steps (scaling, PCA, model) run on the
-    whole batch; a classifier's label is its most probable class (what the project's
+    whole batch, RBF SVMs through BLAS kernel matrices (:func:`models.svm.with_blas_kernels`:
+    libsvm's values to about 1e-12, many times faster); a classifier's label is its most probable class (what the project's
     classifiers' ``predict`` gives), so one pass gives labels and probabilities. A CNN or
     a stack judges the batch in one pass too. A face's prediction does not depend on the
     other faces of a batch beyond float rounding: BLAS and TensorFlow kernels sum in a
@@ -44,6 +45,7 @@ from sklearn.pipeline import Pipeline
 from models import cnn, safety
 from models.labels import AGE_GROUP_NAMES, TASKS, age_group
 from models.stack import StackedFaceModel, is_multitask, labels_of
+from models.svm import with_blas_kernels
 from pipelines.artifacts import CNN_MODEL_FILE, PACKAGE, STACK_FILE, task_model_file, versions
 from pipelines.metrics import class_names
 
@@ -86,7 +88,7 @@ class ClassicalTask:
     def from_pipeline(cls, task: str, pipeline: Pipeline) -> ClassicalTask:
         """Split a pipeline saved by :mod:`pipelines.classical`."""
         has_proba = task != "age" and hasattr(pipeline, "predict_proba")
-        return cls(task, pipeline[:1], pipeline[1:], joblib.hash(pipeline[0]),
+        return cls(task, pipeline[:1], with_blas_kernels(pipeline[1:]), joblib.hash(pipeline[0]),
                    np.asarray(pipeline.classes_) if has_proba else None)
 
     def outputs(self, features: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
