@@ -79,6 +79,10 @@ DETECTOR_WINDOWS: dict[str, tuple[int, float]] = {
 _LBP_SHIFT = 0.07
 #: dlib's HOG box (the landmark model's input) as a fraction of the UTKFace crop side.
 _LANDMARK_BOX = DETECTOR_WINDOWS["dlib-hog"][1]
+#: The HOG box of a face from its MMOD box: centre shifted right and down by these
+#: fractions of the MMOD side, side scaled by the last (medians over 149 validation
+#: faces both detectors found).
+_MMOD_TO_HOG = (0.085, 0.085, 1.091)
 
 
 @dataclass(frozen=True)
@@ -120,9 +124,18 @@ def _hog(image: np.ndarray) -> list[_Found]:
 
 
 def _mmod(image: np.ndarray) -> list[_Found]:
-    found = _mmod_detector()(image, 0)
-    return [_Found((d.rect.left(), d.rect.top(), d.rect.right() + 1, d.rect.bottom() + 1),
-                   d.confidence) for d in found]
+    """MMOD detections as the HOG-like boxes the landmark model was trained on."""
+    shift_x, shift_y, scale = _MMOD_TO_HOG
+    found = []
+    for detection in _mmod_detector()(image, 0):
+        rect = detection.rect
+        side = rect.right() + 1 - rect.left()
+        centre_x = (rect.left() + rect.right() + 1) / 2 + shift_x * side
+        centre_y = (rect.top() + rect.bottom() + 1) / 2 + shift_y * side
+        half = scale * side / 2
+        found.append(_Found((centre_x - half, centre_y - half, centre_x + half,
+                             centre_y + half), detection.confidence))
+    return found
 
 
 def _lbp(image: np.ndarray) -> list[_Found]:

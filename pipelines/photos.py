@@ -170,7 +170,8 @@ def _search(path: Path, search: FaceSearch) -> _Photo:
         return _Photo(path, [], error)
 
 
-def _predict_pending(predictor: FacePredictor, pending: list[_Photo]) -> list[list[dict[str, Any]]]:
+def _predict_pending(predictor: FacePredictor,
+                     pending: list[_Photo]) -> list[list[dict[str, Any]]]:
     """Predict the faces of the pending photos at once; each photo's records."""
     fields = iter(predictor.predict([crop for photo in pending for _, crop in photo.faces]))
     return [[_error_record(photo.path, photo.error)] if photo.error is not None

@@ -22,8 +22,9 @@ Batching
     The crops of several photos are predicted together: a classical pipeline's first
     step (the stateless image -> features step) runs once per batch for all tasks whose
     first steps are equal, then each task's learnt steps (scaling, PCA, model) run on the
-    whole batch, RBF SVMs through BLAS kernel matrices (:func:`models.svm.with_blas_kernels`:
-    libsvm's values to about 1e-12, many times faster); a classifier's label is its most probable class (what the project's
+    whole batch, RBF SVMs through BLAS kernel matrices
+    (:func:`models.svm.with_blas_kernels`: libsvm's values to about 1e-12, many times
+    faster); a classifier's label is its most probable class (what the project's
     classifiers' ``predict`` gives), so one pass gives labels and probabilities. A CNN or
     a stack judges the batch in one pass too. A face's prediction does not depend on the
     other faces of a batch beyond float rounding: BLAS and TensorFlow kernels sum in a
@@ -88,7 +89,8 @@ class ClassicalTask:
     def from_pipeline(cls, task: str, pipeline: Pipeline) -> ClassicalTask:
         """Split a pipeline saved by :mod:`pipelines.classical`."""
         has_proba = task != "age" and hasattr(pipeline, "predict_proba")
-        return cls(task, pipeline[:1], with_blas_kernels(pipeline[1:]), joblib.hash(pipeline[0]),
+        return cls(task, pipeline[:1], with_blas_kernels(pipeline[1:]),
+                   joblib.hash(pipeline[0]),
                    np.asarray(pipeline.classes_) if has_proba else None)
 
     def outputs(self, features: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:

@@ -28,7 +28,8 @@ def scene(face_path: str, side: int, roll: float, centre=(210, 300),
 @pytest.fixture(scope="module")
 def adults(face_paths) -> list[str]:
     """Sample faces of adults (ages 20-60), which every detector should find upright."""
-    return [path for path in face_paths if 20 <= int(path.rsplit("/", 1)[-1].split("_")[0]) <= 60][:6]
+    return [path for path in face_paths
+            if 20 <= int(path.rsplit("/", 1)[-1].split("_")[0]) <= 60][:6]
 
 
 @pytest.mark.parametrize("detector", DETECTORS)

@@ -2,6 +2,8 @@
 and the pieces of pipelines.classical that need no images."""
 from __future__ import annotations
 
+import copy
+import io
 import subprocess
 import sys
 
@@ -12,7 +14,7 @@ import pytest
 from models.factory import (MODELS, GlobalScaler, Mirrored, MirrorAveraged, PerView,
                             make_estimator, make_reducer)
 from models.safety import ChecksumError, file_sha256, load_model, metadata_path
-from models.svm import make_svm
+from models.svm import BlasSVC, BlasSVR, make_svm, with_blas_kernels
 from models.xgboost_models import EncodedClassifier, make_xgboost
 from pipelines.classical import TrainConfig, task_kind, with_probabilities
 from pipelines.feature_blocks import FeatureSpec
@@ -54,6 +56,38 @@ def test_svm_parameters() -> None:
     assert make_svm("classifier").C == 10.0
     assert make_svm("regressor", C=3.0).C == 3.0
     assert type(make_svm("regressor", "linear").regressor).__name__ == "LinearSVR"
+
+
+@pytest.mark.parametrize("n_classes", [2, 5, None])
+def test_blas_kernels_give_libsvm_values(n_classes) -> None:
+    """The BLAS path reproduces libsvm's decision values and predictions, also inside a
+    calibrated, mirror-averaged model, and survives joblib."""
+    from sklearn.calibration import CalibratedClassifierCV
+    from sklearn.frozen import FrozenEstimator
+
+    rng = np.random.default_rng(0)
+    X, X_new = rng.normal(size=(200, 12)), rng.normal(size=(40, 24))
+    if n_classes is None:
+        svm = make_svm("regressor").fit(X, rng.normal(size=200))
+        model, method = MirrorAveraged(svm), "predict"
+    else:
+        y = rng.integers(0, n_classes, 200)
+        svm = make_svm("classifier").fit(X, y)
+        model = MirrorAveraged(CalibratedClassifierCV(FrozenEstimator(svm)).fit(X, y))
+        method = "predict_proba"
+    fast = with_blas_kernels(copy.deepcopy(model))
+    swapped = fast.model if n_classes is None else \
+        fast.model.calibrated_classifiers_[0].estimator.estimator
+    assert isinstance(swapped, BlasSVR if n_classes is None else BlasSVC)
+    np.testing.assert_allclose(getattr(fast, method)(X_new), getattr(model, method)(X_new),
+                               rtol=1e-9, atol=1e-12)
+    if n_classes is not None:
+        np.testing.assert_allclose(swapped.decision_function(X_new[:, :12]),
+                                   svm.decision_function(X_new[:, :12]), rtol=1e-9, atol=1e-12)
+    buffer = io.BytesIO()
+    joblib.dump(fast, buffer)
+    buffer.seek(0)
+    np.testing.assert_array_equal(joblib.load(buffer).predict(X_new), fast.predict(X_new))
 
 
 def test_mlp_defaults_and_overrides() -> None:
