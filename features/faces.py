@@ -30,8 +30,11 @@ Face check
     least :data:`CHECK_THRESHOLD` with the HOG detector (upright and framed, a real face
     scores well; background that passed the low search threshold does not), and every
     face whose aligned box is under :data:`MIN_SIZE_SLACK` of ``min_size`` is dropped.
-    The thresholds were chosen on scenes made from the validation split's faces
-    (``benchmarks/README.md``).
+    The thresholds were chosen on 150 scenes made from the validation split's faces
+    (:mod:`benchmarks.scenes`, 233 faces): with the check at -0.5, searching down to
+    -0.3, -0.2, -0.1 or 0 found 0.987, 0.983, 0.983 or 0.974 of the faces with a wrong
+    box in 4, 3, 2 or 1 of the photos; -0.1 with the check at -0.3 found 0.983 with one
+    (and rejects the mission patch of scikit-image's ``astronaut``, which scores -0.4).
 
 Detections of one face (at several rolls, or overlapping windows) are merged: of the
 aligned boxes overlapping by IoU > :data:`MERGE_OVERLAP`, or lying mostly

@@ -260,8 +260,9 @@ def predict_photos(predictor: FacePredictor, paths: Sequence[str | os.PathLike],
         already-cropped face.
     n_jobs : int
         Worker processes for chunks of ``predictor.batch_size`` photos (see the module
-        docstring); 1 works in this process. The records are the same whatever
-        ``n_jobs``, up to float rounding of batched arithmetic.
+        docstring); 1, or no more photos than one chunk, works in this process (starting
+        workers costs seconds). The records are the same whatever ``n_jobs``, up to
+        float rounding of batched arithmetic.
     progress : bool
         Show a tqdm progress bar (photos done).
 
@@ -275,7 +276,8 @@ def predict_photos(predictor: FacePredictor, paths: Sequence[str | os.PathLike],
     if n_jobs < 1:
         raise ValueError(f"n_jobs must be >= 1, got {n_jobs!r}")
     paths = list(map(Path, paths))
-    batches = (_photo_batches(predictor, paths, search) if n_jobs == 1 or len(paths) <= 1
+    in_process = n_jobs == 1 or len(paths) <= predictor.batch_size
+    batches = (_photo_batches(predictor, paths, search) if in_process
                else _parallel_batches(predictor, paths, search, n_jobs))
     with tqdm(total=len(paths), desc="predicting", unit="photo", disable=not progress) as bar:
         for batch in batches:
