@@ -66,9 +66,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="smallest face searched for: side of its UTKFace-framed crop "
                              "in photo pixels (default: %(default)s; larger is faster)")
     parser.add_argument("--n-jobs", type=int, default=ALL_CORES,
-                        help="worker processes reading, searching and predicting photos "
-                             "(default: one per core, %(default)s here); 1 works in this "
-                             "process")
+                        help="worker processes reading and searching photos, and predicting "
+                             "with classical models (a CNN or stack predicts in this process "
+                             "on every core); default: one per core, %(default)s here; 1 "
+                             "works in this process")
     parser.add_argument("--allow-other-version", action="store_true",
                         help="use a .joblib model saved by another utkface-toolkit version "
                              "(refused by default), with a warning")
