@@ -71,6 +71,18 @@ def background(rng: np.random.Generator, size: tuple[int, int]) -> Image.Image:
     return region.resize(size, Image.Resampling.BILINEAR)
 
 
+def paste_face(scene: Image.Image, crop: np.ndarray, centre: tuple[float, float],
+               roll: float, border: int = 0) -> None:
+    """Paste a face crop into ``scene`` (in place), centred at ``centre`` (row, col),
+    rolled by ``roll`` degrees, with ``border`` pixels of its own edge mirrored around it."""
+    face = Image.fromarray(np.pad(crop, ((border, border), (border, border), (0, 0)),
+                                  mode="symmetric"))
+    mask = Image.new("L", face.size, 255).rotate(roll, expand=True)
+    face = face.rotate(roll, resample=Image.Resampling.BICUBIC, expand=True)
+    row, col = centre
+    scene.paste(face, (round(col - face.width / 2), round(row - face.height / 2)), mask)
+
+
 def compose_scene(rng: np.random.Generator, face_paths: Sequence[str | os.PathLike], *,
                   size: tuple[int, int] = (640, 480), face_sizes: tuple[int, int] = (60, 260),
                   max_roll: float = 30.0,
@@ -115,13 +127,8 @@ def compose_scene(rng: np.random.Generator, face_paths: Sequence[str | os.PathLi
                        or abs(col - (other.box.left + other.box.width / 2)) > half + extent
                        for other, extent in placed)
             if free:
-                crop = load_image(path, (side, side), "rgb")
-                face = Image.fromarray(np.pad(crop, ((border, border), (border, border), (0, 0)),
-                                              mode="symmetric"))
-                mask = Image.new("L", face.size, 255).rotate(roll, expand=True)
-                face = face.rotate(roll, resample=Image.Resampling.BICUBIC, expand=True)
-                scene.paste(face, (round(col - face.width / 2), round(row - face.height / 2)),
-                            mask)
+                paste_face(scene, load_image(path, (side, side), "rgb"), (row, col), roll,
+                           border)
                 placed.append((PlacedFace(Path(path).name, box, roll), half))
                 break
     return scene, [face for face, _ in placed]

@@ -51,7 +51,7 @@ import numpy as np
 from PIL import Image
 from skimage.transform import SimilarityTransform
 
-from features.alignment import AlignedFace, align_face, dlib_landmarks
+from features.alignment import AlignedFace, FaceBox, align_face, dlib_landmarks
 
 DETECTORS: tuple[str, ...] = ("dlib-hog", "dlib-cnn", "lbp")
 DEFAULT_DETECTOR = "dlib-hog"
@@ -148,32 +148,25 @@ def _lbp(image: np.ndarray) -> list[_Found]:
     window = DETECTOR_WINDOWS["lbp"][0]
     raw = _lbp_cascade().detect_multi_scale(gray, scale_factor=1.15, step_ratio=1,
                                             min_size=(window, window), max_size=(side, side))
-    groups: list[list[np.ndarray]] = []
-    for box in sorted((np.array([d["r"], d["c"], d["height"], d["width"]], float)
-                       for d in raw), key=lambda b: -b[3]):
+    groups: list[list[FaceBox]] = []
+    for box in sorted((FaceBox(d["r"], d["c"], d["height"], d["width"]) for d in raw),
+                      key=lambda b: -b.width):
         for group in groups:
-            if _iou(group[0], box) >= MERGE_OVERLAP:
+            if group[0].iou(box) >= MERGE_OVERLAP:
                 group.append(box)
                 break
         else:
             groups.append([box])
     found = []
     for group in groups:
-        top, left, height, width = np.mean(group, axis=0)
+        top, left, height, width = np.mean(
+            [(b.top, b.left, b.height, b.width) for b in group], axis=0)
         crop_side = max(height, width) / DETECTOR_WINDOWS["lbp"][1]
         centre = (left + width / 2, top + height / 2 + _LBP_SHIFT * height)
         half = crop_side * _LANDMARK_BOX / 2
         found.append(_Found((centre[0] - half, centre[1] - half, centre[0] + half,
                              centre[1] + half), float(len(group))))
     return found
-
-
-def _iou(a: np.ndarray, b: np.ndarray) -> float:
-    """IoU of two (top, left, height, width) boxes."""
-    rows = max(0.0, min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0]))
-    cols = max(0.0, min(a[1] + a[3], b[1] + b[3]) - max(a[1], b[1]))
-    inter = rows * cols
-    return inter / (a[2] * a[3] + b[2] * b[3] - inter)
 
 
 _SEARCHES: dict[str, Callable[[np.ndarray], list[_Found]]] = {

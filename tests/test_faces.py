@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from benchmarks.scenes import compose_scene, read_truth, write_scene_set
+from benchmarks.scenes import compose_scene, paste_face, read_truth, write_scene_set
 from features.alignment import (ALIGNED_SIZE, UTKFACE_LANDMARKS, FaceBox, align_face,
                                 dlib_landmarks, measure_template)
 from features.faces import DETECTORS, _search_view, detect_faces
@@ -18,10 +18,8 @@ def scene(face_path: str, side: int, roll: float, centre=(210, 300),
     """A UTKFace crop scaled to ``side``, rolled and pasted on a flat background."""
     photo = Image.new("RGB", size, (90, 120, 90))
     face = Image.open(face_path).convert("RGB").resize((side, side), Image.Resampling.LANCZOS)
-    mask = Image.new("L", face.size, 255).rotate(roll, expand=True)
-    face = face.rotate(roll, resample=Image.Resampling.BICUBIC, expand=True)
+    paste_face(photo, np.asarray(face), centre, roll)
     row, col = centre
-    photo.paste(face, (col - face.width // 2, row - face.height // 2), mask)
     return photo, FaceBox(row - side // 2, col - side // 2, side, side)
 
 
