@@ -15,6 +15,11 @@ faces the members were not trained on (the validation split):
   linear regression or gradient-boosted trees with absolute loss, whichever has the
   lowest 5-fold cross-validated MAE.
 
+With ``postprocess="equalized-odds"`` the gender output is post-processed per
+predicted ethnicity with fairlearn's ``ThresholdOptimizer`` (:mod:`models.postprocessing`),
+fitted on the combiners' out-of-fold outputs of the same faces; its gender
+"probabilities" are then the post-processed labels, 0 or 1.
+
 A member that cannot judge a face (a descriptor pipeline gives NaN features when dlib
 finds no face) gives NaN outputs for it; the combiner then reads, in its place, the
 mean output of the members that did judge the face.
@@ -37,8 +42,11 @@ from sklearn.base import BaseEstimator, clone
 from sklearn.ensemble import HistGradientBoostingRegressor
 from sklearn.linear_model import LinearRegression, LogisticRegression, QuantileRegressor
 from sklearn.metrics import log_loss, make_scorer
-from sklearn.model_selection import GridSearchCV, KFold, StratifiedKFold, cross_val_score
+from sklearn.model_selection import (GridSearchCV, KFold, StratifiedKFold, cross_val_predict,
+                                     cross_val_score)
 from tqdm.auto import tqdm
+
+from models.postprocessing import equalized_odds_labels, fit_equalized_odds
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +55,8 @@ REGRESSION_TASKS: tuple[str, ...] = ("age",)
 PROBABILITY_FLOOR = 1e-6
 CV_FOLDS = 5
 DEFAULT_BATCH_SIZE = 256
+#: Choices of ``StackedFaceModel(postprocess=...)``.
+POSTPROCESSING: tuple[str, ...] = ("none", "equalized-odds")
 
 
 def age_combiners(seed: int = 0) -> dict[str, BaseEstimator]:
@@ -109,6 +119,9 @@ class StackedFaceModel(BaseEstimator):
         Seed of the cross-validation folds and of the boosted age combiner.
     batch_size : int
         Faces passed to the members at a time.
+    postprocess : {"none", "equalized-odds"}
+        Post-processing of gender (needs the gender and ethnicity tasks); see the module
+        docstring.
 
     Attributes
     ----------
@@ -123,14 +136,19 @@ class StackedFaceModel(BaseEstimator):
     cv_scores_ : dict of str to dict
         Per task, scores on the faces :meth:`fit` saw: each member alone, each
         candidate combiner cross-validated (accuracy, on the folds that chose the
-        regularisation, or MAE), which combiner was kept and its ``C``.
+        regularisation, or MAE), which combiner was kept and its ``C``; for gender with
+        post-processing, ``equalized_odds``: overall and worst-ethnicity accuracy before
+        and after it, cross-fitted on the same folds.
+    postprocessor_ : fairlearn.postprocessing.ThresholdOptimizer
+        With ``postprocess="equalized-odds"``: the fitted gender post-processing.
     """
 
     def __init__(self, members: Mapping[str, Any], seed: int = 0,
-                 batch_size: int = DEFAULT_BATCH_SIZE) -> None:
+                 batch_size: int = DEFAULT_BATCH_SIZE, postprocess: str = "none") -> None:
         self.members = members
         self.seed = seed
         self.batch_size = batch_size
+        self.postprocess = postprocess
 
     @property
     def tasks(self) -> tuple[str, ...]:
@@ -272,10 +290,17 @@ class StackedFaceModel(BaseEstimator):
         ------
         ValueError
             For a task no member predicts, labels of another length than the outputs,
-            or no labels at all.
+            no labels at all, or post-processing without the gender and ethnicity labels.
         """
         if not y:
             raise ValueError("no labels given: y maps each task to its labels")
+        if self.postprocess not in POSTPROCESSING:
+            raise ValueError(f"postprocess must be one of {POSTPROCESSING}, got "
+                             f"{self.postprocess!r}")
+        if self.postprocess != "none" and not {"gender", "ethnicity"} <= set(y):
+            raise ValueError(f"{self.postprocess} post-processing of gender needs the gender "
+                             f"and ethnicity labels (its groups are the predicted "
+                             f"ethnicities); got {sorted(y)}")
         inputs = {}
         for task, labels in y.items():
             inputs[task] = [name for name in self.members if task in outputs.get(name, {})]
@@ -297,7 +322,47 @@ class StackedFaceModel(BaseEstimator):
                 self.n_classes_[task] = max(max(widths), int(labels.max()) + 1)
                 self._fit_classification(task, outputs, names, labels.astype(np.int64))
             logger.info("%s combiner over %s: %s", task, names, self.cv_scores_[task])
+        if self.postprocess == "equalized-odds":
+            self._fit_equalized_odds(outputs, np.asarray(y["gender"], dtype=np.int64),
+                                     np.asarray(y["ethnicity"], dtype=np.int64))
         return self
+
+    def _out_of_fold(self, task: str, outputs, labels: np.ndarray) -> np.ndarray:
+        """The combiner's class probabilities of the faces it was fitted on, each from
+        the fold that left the face out (columns: the classes present)."""
+        combiner = self.combiners_[task]
+        return cross_val_predict(clone(combiner.best_estimator_),
+                                 self._design(task, outputs, self.inputs_[task]), labels,
+                                 cv=combiner.cv, method="predict_proba")
+
+    def _fit_equalized_odds(self, outputs, gender: np.ndarray, ethnicity: np.ndarray) -> None:
+        score = self._out_of_fold("gender", outputs, gender)[:, 1]
+        groups = np.unique(ethnicity)[
+            np.argmax(self._out_of_fold("ethnicity", outputs, ethnicity), axis=1)]
+        try:
+            self.postprocessor_ = fit_equalized_odds(score, gender, groups)
+        except ValueError as error:
+            raise ValueError(f"equalized-odds post-processing of gender on {len(gender)} "
+                             f"faces, grouped by predicted ethnicity: {error}") from error
+        decided = (score > 0.5).astype(np.int64)
+        post = np.full_like(gender, -1)
+        for train, test in self.combiners_["gender"].cv.split(score, gender):
+            try:  # a fold may lack a group, or hold one gender only in one
+                fold = fit_equalized_odds(score[train], gender[train], groups[train])
+                post[test] = equalized_odds_labels(fold, score[test], groups[test])
+            except ValueError:
+                break
+
+        def figures(predicted: np.ndarray) -> dict[str, float]:
+            right = predicted == gender
+            return {"accuracy": float(right.mean()), "worst_ethnicity_accuracy": float(min(
+                right[ethnicity == group].mean() for group in np.unique(ethnicity)))}
+
+        self.cv_scores_["gender"]["equalized_odds"] = {
+            "before": figures(decided),
+            "after": figures(post) if (post >= 0).all() else None}
+        logger.info("gender equalized-odds post-processing, cross-fitted: %s",
+                    self.cv_scores_["gender"]["equalized_odds"])
 
     def _fit_classification(self, task: str, outputs, names: Sequence[str],
                             labels: np.ndarray) -> None:
@@ -351,6 +416,10 @@ class StackedFaceModel(BaseEstimator):
                 proba = np.zeros((len(design), self.n_classes_[task]))
                 proba[:, combiner.classes_] = combiner.predict_proba(design)
                 combined[task] = proba
+        if getattr(self, "postprocessor_", None) is not None:
+            labels = equalized_odds_labels(self.postprocessor_, combined["gender"][:, 1],
+                                           np.argmax(combined["ethnicity"], axis=1))
+            combined["gender"] = np.eye(self.n_classes_["gender"])[labels]
         return combined
 
     # --- prediction ---------------------------------------------------------------------

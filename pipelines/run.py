@@ -23,6 +23,7 @@ from models.cnn import ARCHITECTURE_NAMES
 from models.factory import MODELS
 from models.labels import TASKS
 from models.precision import PRECISIONS
+from models.stack import POSTPROCESSING
 from pipelines.classical import TrainConfig, run_classical
 from pipelines.cnn_training import (DEFAULT_BATCH_SIZE, DEFAULT_EPOCHS, FACE_EPOCHS,
                                     FACE_FREEZE_EPOCHS, CNNConfig, train_cnn)
@@ -215,6 +216,11 @@ def _add_stack_options(stack: argparse._ArgumentGroup) -> None:
                             f"{', '.join(DEFAULT_MEMBERS)} in OUT/{MEMBERS_DIR}/NAME, each "
                             "trained there first (with its own default command) unless it "
                             "already holds a model")
+    stack.add_argument("--postprocess", choices=POSTPROCESSING, default="none",
+                       help="equalized-odds: post-process gender per predicted ethnicity with "
+                            "fairlearn's ThresholdOptimizer, fitted on the validation faces "
+                            "(equal true- and false-positive rates; costs accuracy, see "
+                            "docs/fairness.md) (default: %(default)s)")
 
 
 def _train_members(args: argparse.Namespace) -> dict[str, Path] | int:
@@ -253,7 +259,7 @@ def _run_stack(args: argparse.Namespace) -> int:
     summary = run_stack(args.data or default_data_dir(), folders, split_path=args.split,
                         out_dir=args.out, overwrite=args.overwrite,
                         cache_dir=None if args.no_cache else args.cache_dir / "stack",
-                        progress=not args.quiet, seed=args.seed)
+                        progress=not args.quiet, seed=args.seed, postprocess=args.postprocess)
     print()
     print(format_summary_table(summary["rows"]))
     print(f"\nstack of {len(folders)} members in {args.out} ({summary['seconds']:.0f} s)")
@@ -297,8 +303,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.model == "cnn" and "age_group" in tasks and "all" not in args.tasks:
         parser.error("--tasks age_group: the CNN has heads for gender, ethnicity and age "
                      "only; age groups are a task of the classical models")
-    if args.members and args.model != "stack":
-        parser.error("--members applies to --model stack")
+    if (args.members or args.postprocess != "none") and args.model != "stack":
+        parser.error("--members and --postprocess apply to --model stack")
     try:
         if args.model == "stack":
             return _run_stack(args)

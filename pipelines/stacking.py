@@ -243,7 +243,10 @@ def _score_stack(stack: StackedFaceModel, outputs: Mapping[str, Mapping[str, Any
                                 ethnicity=test.ethnicity, age=test.age)
         write_task_report(out, task, metrics, test.labels(task), predicted, test.file_names)
         kept = stack.cv_scores_[task]
-        rows.append(_table_row(task, "stack", {kept["metric"]: kept["combiners"][kept["kept"]]},
+        validation = {kept["metric"]: kept["combiners"][kept["kept"]]}
+        if (kept.get("equalized_odds") or {}).get("after"):
+            validation = {"accuracy": kept["equalized_odds"]["after"]["accuracy"]}
+        rows.append(_table_row(task, "stack", validation,
                                {**headline(task, metrics), **scores["stack"]}, len(val)))
         test_figures[task] = scores
     return rows, test_figures
@@ -252,7 +255,8 @@ def _score_stack(stack: StackedFaceModel, outputs: Mapping[str, Mapping[str, Any
 def run_stack(data_dir: str | os.PathLike, member_dirs: Mapping[str, str | os.PathLike], *,
               split_path: str | os.PathLike, out_dir: str | os.PathLike,
               cache_dir: str | os.PathLike | None = None, overwrite: bool = False,
-              progress: bool = True, seed: int = 0) -> dict[str, Any]:
+              progress: bool = True, seed: int = 0,
+              postprocess: str = "none") -> dict[str, Any]:
     """Fit the stack of trained runs on the validation faces, score it on the test faces.
 
     The stack combines the tasks of :data:`STACK_TASKS` that at least one member predicts.
@@ -276,6 +280,8 @@ def run_stack(data_dir: str | os.PathLike, member_dirs: Mapping[str, str | os.Pa
         Progress bars.
     seed : int
         Seed of the combiners' cross-validation folds.
+    postprocess : {"none", "equalized-odds"}
+        Post-processing of gender (``StackedFaceModel``).
 
     Returns
     -------
@@ -299,7 +305,7 @@ def run_stack(data_dir: str | os.PathLike, member_dirs: Mapping[str, str | os.Pa
                                     progress=progress) for part in ("val", "test")}
     val, test = parts["val"], parts["test"]
     stack = StackedFaceModel({name: member for name, (member, _) in members.items()},
-                             seed=seed)
+                             seed=seed, postprocess=postprocess)
     predicted = {task for member, _ in members.values() for task in member_tasks(member)}
     stack.fit_outputs(outputs["val"], {task: val.labels(task) for task in STACK_TASKS
                                        if task in predicted})
@@ -309,7 +315,7 @@ def run_stack(data_dir: str | os.PathLike, member_dirs: Mapping[str, str | os.Pa
     fitted_on = {"part": "val", "n": len(val), "faces_sha256": names_sha256(val.file_names)}
     metadata = {
         "format_version": 1, "package_version": versions()[PACKAGE], "kind": "stack",
-        "tasks": list(stack.tasks_),
+        "tasks": list(stack.tasks_), "postprocess": postprocess,
         "members": {name: {"folder": str(member_dirs[name]), "sha256": sha,
                            "tasks": list(member_tasks(member))}
                     for name, (member, sha) in members.items()},

@@ -21,7 +21,7 @@ class NoisyMember:
     """
 
     def __init__(self, gender: np.ndarray, age: np.ndarray, seed: int, flip: float = 0.2,
-                 age_noise: float = 6.0):
+                 age_noise: float = 6.0, ethnicity: np.ndarray | None = None):
         rng = np.random.default_rng(seed)
         wrong = rng.random(len(gender)) < flip
         # like a real classifier, less sure when it is wrong
@@ -33,11 +33,20 @@ class NoisyMember:
         self.age = age + rng.normal(0, age_noise, len(age))
         self.tasks = ("gender", "age")
         self.calls = 0
+        if ethnicity is not None:  # five classes, the wrong ones said at random
+            said = np.where(rng.random(len(ethnicity)) < flip,
+                            rng.integers(0, 5, len(ethnicity)), ethnicity)
+            self.ethnicity = np.full((len(ethnicity), 5), 0.1)
+            self.ethnicity[np.arange(len(said)), said] = 0.6
+            self.tasks += ("ethnicity",)
 
     def task_outputs(self, X) -> dict[str, np.ndarray]:
         self.calls += 1
         rows = np.array([int(np.asarray(face).flat[0]) for face in X])
-        return {"gender": self.proba[rows], "age": self.age[rows]}
+        outputs = {"gender": self.proba[rows], "age": self.age[rows]}
+        if "ethnicity" in self.tasks:
+            outputs["ethnicity"] = self.ethnicity[rows]
+        return outputs
 
 
 @pytest.fixture(scope="module")
@@ -104,6 +113,34 @@ def test_joblib_round_trip_predicts_the_same(stack, tmp_path) -> None:
     for task in ("gender", "age"):
         np.testing.assert_array_equal(loaded.predict(some, task=task),
                                       stack.predict(some, task=task))
+
+
+def test_equalized_odds_post_processing_saves_with_the_stack(labels, tmp_path) -> None:
+    ethnicity = np.random.default_rng(5).integers(0, 5, N_FACES)
+    members = {name: NoisyMember(labels["gender"], labels["age"], seed=seed, ethnicity=ethnicity)
+               for name, seed in (("a", 1), ("b", 2))}
+    half = np.arange(N_FACES // 2)
+    y = {"gender": labels["gender"][half], "ethnicity": ethnicity[half]}
+    model = StackedFaceModel(members, postprocess="equalized-odds").fit(faces(half), y)
+    assert set(model.postprocessor_.interpolated_thresholder_.interpolation_dict) == set(range(5))
+    figures = model.cv_scores_["gender"]["equalized_odds"]
+    for when in ("before", "after"):
+        assert 0.6 < figures[when]["worst_ethnicity_accuracy"] <= figures[when]["accuracy"] < 1
+    unseen = faces(range(N_FACES // 2, N_FACES))
+    proba = model.predict_proba(unseen, task="gender")
+    assert set(np.unique(proba)) == {0.0, 1.0}  # the post-processed labels
+    np.testing.assert_array_equal(proba.sum(axis=1), 1.0)
+    assert np.mean(model.predict(unseen, task="gender") == labels["gender"][N_FACES // 2:]) > 0.8
+    joblib.dump(model, tmp_path / "stack.joblib")
+    loaded = joblib.load(tmp_path / "stack.joblib")
+    for task in ("gender", "ethnicity"):
+        np.testing.assert_array_equal(loaded.predict(unseen, task=task),
+                                      model.predict(unseen, task=task))
+    with pytest.raises(ValueError, match="needs the gender and ethnicity labels"):
+        StackedFaceModel(members, postprocess="equalized-odds").fit(
+            faces(half), {"gender": y["gender"]})
+    with pytest.raises(ValueError, match="postprocess must be one of"):
+        StackedFaceModel(members, postprocess="parity").fit(faces(half), y)
 
 
 def test_a_member_that_cannot_judge_a_face_is_replaced_by_the_others_mean(stack) -> None:

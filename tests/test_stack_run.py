@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import joblib
@@ -155,3 +156,16 @@ def test_an_altered_or_missing_member_is_refused_before_any_output(root, tmp_pat
     assert main(stack_args(root, out, str(root / "gray"), str(network))) == 2
     assert "was altered or replaced" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_postprocess_option_is_checked(root, tmp_path, capsys) -> None:
+    # 40 validation faces: some predicted ethnicity holds faces of one gender only
+    assert main([*stack_args(root, tmp_path / "fair", str(root / "gray")),
+                 "--postprocess", "equalized-odds"]) == 2
+    assert re.search(r"equalized-odds post-processing of gender on \d+ faces, grouped by "
+                     r"predicted ethnicity: group \d: all \d+ of its faces have label [01]",
+                     capsys.readouterr().err)
+    assert not (tmp_path / "fair" / stacking.STACK_FILE).exists()
+    with pytest.raises(SystemExit):
+        main(["--postprocess", "equalized-odds", "--out", str(tmp_path / "x")])
+    assert "--postprocess apply to --model stack" in capsys.readouterr().err
