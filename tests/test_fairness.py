@@ -8,10 +8,12 @@ import numpy as np
 import pytest
 
 from benchmarks.fairness import main as fairness_main
+from models.labels import ETHNICITY_NAMES
 from pipelines.classical import TrainConfig, run_classical
-from pipelines.dataset import DatasetIndex, default_data_dir, index_folder
+from pipelines.dataset import DatasetIndex, default_data_dir, index_folder, parse_utkface_name
 from pipelines.fairness import balance_keys, balanced_weights
 from pipelines.feature_blocks import FeatureSpec
+from pipelines.reports import predictions_path, read_predictions_csv
 from tests.conftest import link_faces
 
 DATA = default_data_dir()
@@ -75,6 +77,17 @@ def test_trade_off_table_of_a_run(tmp_path) -> None:
     assert test["gender_worst_ethnicity"] == worst["worst"]
     assert float(test["gender_gap"]) == pytest.approx(gender["overall"]["accuracy"]
                                                       - worst["worst_value"])
+    # among faces of 20 and over, by hand from the run's per-face predictions
+    files, true, predicted = read_predictions_csv(predictions_path(tmp_path / "run", "gender"))
+    parsed = [parse_utkface_name(name) for name in files]
+    adult = np.array([face.age >= 20 for face in parsed])
+    groups = np.array([face.ethnicity for face in parsed])
+    right = true == predicted
+    assert float(test["gender_adult_accuracy"]) == pytest.approx(right[adult].mean())
+    by_group = {ETHNICITY_NAMES[g]: right[adult & (groups == g)].mean()
+                for g in np.unique(groups[adult])}
+    assert test["gender_adult_worst_ethnicity"] == min(by_group, key=by_group.get)
+    assert float(test["gender_adult_worst_accuracy"]) == pytest.approx(min(by_group.values()))
     ethnicity = json.loads((tmp_path / "run" / "ethnicity_metrics.json").read_text())
     assert float(test["others_recall"]) == pytest.approx(
         ethnicity["overall"]["per_class"]["Others"]["recall"])
