@@ -71,15 +71,13 @@ def age_combiners(seed: int = 0) -> dict[str, BaseEstimator]:
 
 
 def class_combiner(folds: StratifiedKFold, classes: np.ndarray) -> GridSearchCV:
-    """The combiner of a classification task: logistic regression, C chosen by log loss.
-
-    The cross-validated accuracy is scored on the same folds (``cv_results_``).
-    """
+    """The combiner of a classification task: logistic regression, C chosen by the
+    cross-validated log loss (weighted as the fit, when it is)."""
     log_loss_score = make_scorer(log_loss, greater_is_better=False,
                                  response_method="predict_proba", labels=classes)
     return GridSearchCV(LogisticRegression(max_iter=5000),
-                        {"C": np.logspace(-3, 2, 11).tolist()}, cv=folds, refit="log_loss",
-                        scoring={"log_loss": log_loss_score, "accuracy": "accuracy"})
+                        {"C": np.logspace(-3, 2, 11).tolist()}, cv=folds,
+                        scoring=log_loss_score)
 
 
 def labels_of(task: str, outputs: np.ndarray) -> np.ndarray:
@@ -135,8 +133,9 @@ class StackedFaceModel(BaseEstimator):
         The fitted combiner of each task.
     cv_scores_ : dict of str to dict
         Per task, scores on the faces :meth:`fit` saw: each member alone, each
-        candidate combiner cross-validated (accuracy, on the folds that chose the
-        regularisation, or MAE), which combiner was kept and its ``C``; for gender with
+        candidate combiner cross-validated (the accuracy of the out-of-fold predictions
+        at the ``C`` the folds chose by log loss, or the MAE; unweighted), which combiner
+        was kept, its ``C``, and whether its fit was weighted; for gender with
         post-processing, ``equalized_odds``: overall and worst-ethnicity accuracy before
         and after it, cross-fitted on the same folds.
     postprocessor_ : fairlearn.postprocessing.ThresholdOptimizer
@@ -283,8 +282,14 @@ class StackedFaceModel(BaseEstimator):
         return self.fit_outputs(self.member_outputs(X, tuple(y), progress), y)
 
     def fit_outputs(self, outputs: Mapping[str, Mapping[str, np.ndarray]],
-                    y: Mapping[str, ArrayLike]) -> StackedFaceModel:
+                    y: Mapping[str, ArrayLike],
+                    sample_weight: Mapping[str, ArrayLike | None] | None = None
+                    ) -> StackedFaceModel:
         """Fit the combiners on member outputs already computed (:meth:`member_outputs`).
+
+        ``sample_weight`` maps a task to the weights of the faces in its combiner's fit
+        (e.g. :func:`pipelines.fairness.balanced_weights`); a task not in it fits
+        unweighted. The cross-validated accuracy and MAE count every face alike.
 
         Raises
         ------
@@ -311,34 +316,46 @@ class StackedFaceModel(BaseEstimator):
                 if len(outputs[name][task]) != len(labels):
                     raise ValueError(f"{len(labels)} {task} labels, but member {name!r} has "
                                      f"{len(outputs[name][task])} outputs")
+        weights = {task: None if (sample_weight or {}).get(task) is None
+                   else np.asarray(sample_weight[task], dtype=np.float64) for task in y}
+        for task, values in weights.items():
+            if values is not None and values.shape != (len(y[task]),):
+                raise ValueError(f"{len(values)} {task} sample weights for {len(y[task])} "
+                                 f"labels")
         self.tasks_, self.inputs_, self.n_classes_ = tuple(y), inputs, {}
         self.combiners_, self.cv_scores_ = {}, {}
         for task, names in inputs.items():
             labels = np.asarray(y[task])
             if task in REGRESSION_TASKS:
-                self._fit_regression(task, outputs, names, labels.astype(np.float64))
+                self._fit_regression(task, outputs, names, labels.astype(np.float64),
+                                     weights[task])
             else:
                 widths = [outputs[name][task].shape[1] for name in names]
                 self.n_classes_[task] = max(max(widths), int(labels.max()) + 1)
-                self._fit_classification(task, outputs, names, labels.astype(np.int64))
+                self._fit_classification(task, outputs, names, labels.astype(np.int64),
+                                         weights[task])
+            self.cv_scores_[task]["weighted"] = weights[task] is not None
             logger.info("%s combiner over %s: %s", task, names, self.cv_scores_[task])
         if self.postprocess == "equalized-odds":
             self._fit_equalized_odds(outputs, np.asarray(y["gender"], dtype=np.int64),
-                                     np.asarray(y["ethnicity"], dtype=np.int64))
+                                     np.asarray(y["ethnicity"], dtype=np.int64), weights)
         return self
 
-    def _out_of_fold(self, task: str, outputs, labels: np.ndarray) -> np.ndarray:
+    def _out_of_fold(self, task: str, outputs, labels: np.ndarray,
+                     weights: np.ndarray | None) -> np.ndarray:
         """The combiner's class probabilities of the faces it was fitted on, each from
         the fold that left the face out (columns: the classes present)."""
         combiner = self.combiners_[task]
         return cross_val_predict(clone(combiner.best_estimator_),
                                  self._design(task, outputs, self.inputs_[task]), labels,
-                                 cv=combiner.cv, method="predict_proba")
+                                 cv=combiner.cv, method="predict_proba",
+                                 params={"sample_weight": weights})
 
-    def _fit_equalized_odds(self, outputs, gender: np.ndarray, ethnicity: np.ndarray) -> None:
-        score = self._out_of_fold("gender", outputs, gender)[:, 1]
-        groups = np.unique(ethnicity)[
-            np.argmax(self._out_of_fold("ethnicity", outputs, ethnicity), axis=1)]
+    def _fit_equalized_odds(self, outputs, gender: np.ndarray, ethnicity: np.ndarray,
+                            weights: Mapping[str, np.ndarray | None]) -> None:
+        score = self._out_of_fold("gender", outputs, gender, weights["gender"])[:, 1]
+        groups = np.unique(ethnicity)[np.argmax(
+            self._out_of_fold("ethnicity", outputs, ethnicity, weights["ethnicity"]), axis=1)]
         try:
             self.postprocessor_ = fit_equalized_odds(score, gender, groups)
         except ValueError as error:
@@ -365,7 +382,7 @@ class StackedFaceModel(BaseEstimator):
                     self.cv_scores_["gender"]["equalized_odds"])
 
     def _fit_classification(self, task: str, outputs, names: Sequence[str],
-                            labels: np.ndarray) -> None:
+                            labels: np.ndarray, weights: np.ndarray | None) -> None:
         design = self._design(task, outputs, names)
         smallest = int(np.bincount(labels)[np.unique(labels)].min())
         if smallest < 2:
@@ -377,24 +394,29 @@ class StackedFaceModel(BaseEstimator):
             judged = ~np.isnan(outputs[name][task]).any(axis=1)
             members[name] = float(np.mean(
                 np.argmax(outputs[name][task][judged], axis=1) == labels[judged]))
-        combiner = class_combiner(folds, np.unique(labels)).fit(design, labels)
-        accuracy = combiner.cv_results_["mean_test_accuracy"][combiner.best_index_]
+        combiner = class_combiner(folds, np.unique(labels)).fit(design, labels,
+                                                                 sample_weight=weights)
         self.combiners_[task] = combiner
+        # from the out-of-fold predictions: the search's own scores are weighted as the fit
+        out_of_fold = self._out_of_fold(task, outputs, labels, weights)
+        accuracy = np.mean(np.unique(labels)[np.argmax(out_of_fold, axis=1)] == labels)
         self.cv_scores_[task] = {"metric": "accuracy", "members": members,
                                  "combiners": {"logistic": float(accuracy)},
                                  "kept": "logistic", "C": float(combiner.best_params_["C"])}
 
     def _fit_regression(self, task: str, outputs, names: Sequence[str],
-                        labels: np.ndarray) -> None:
+                        labels: np.ndarray, weights: np.ndarray | None) -> None:
         design = self._design(task, outputs, names)
         folds = KFold(CV_FOLDS, shuffle=True, random_state=self.seed)
         members = {name: float(np.nanmean(np.abs(outputs[name][task] - labels)))
                    for name in names}
         scores = {name: float(-cross_val_score(candidate, design, labels, cv=folds,
-                                               scoring="neg_mean_absolute_error").mean())
+                                               scoring="neg_mean_absolute_error",
+                                               params={"sample_weight": weights}).mean())
                   for name, candidate in age_combiners(self.seed).items()}
         kept = min(scores, key=scores.get)
-        self.combiners_[task] = clone(age_combiners(self.seed)[kept]).fit(design, labels)
+        self.combiners_[task] = clone(age_combiners(self.seed)[kept]).fit(
+            design, labels, sample_weight=weights)
         self.cv_scores_[task] = {"metric": "mae", "members": members, "combiners": scores,
                                  "kept": kept}
 

@@ -35,7 +35,8 @@ from pipelines.predictor import ModelError
 from pipelines.reports import (OutputExistsError, format_summary_table, prepare_output_dir,
                                result_row)
 from pipelines.splits import DEFAULT_MANIFEST
-from pipelines.stacking import DEFAULT_MEMBERS, MEMBERS_DIR, has_model, run_stack
+from pipelines.stacking import (DEFAULT_MEMBERS, MEMBERS_DIR, STACK_TASKS, has_model,
+                                run_stack)
 
 DEFAULT_CACHE = default_cache_dir()
 DEFAULT_OUT = Path("runs") / "classical"
@@ -133,10 +134,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--search", action="store_true",
                         help="try a small grid of parameters per task and keep the best on the "
                              "validation split (about 3-4 times longer)")
-    parser.add_argument("--balance", choices=BALANCE_MODES, default="none",
+    parser.add_argument("--balance", choices=BALANCE_MODES, default=None,
                         help="sample weights of the fit: none, class (every class, or age "
                              "group for age, weighs alike) or group (every ethnicity x gender "
-                             "x age group weighs alike) (default: %(default)s)")
+                             "x age group weighs alike); with --model stack, of every "
+                             "combiner's fit (default: none; for a stack, group for the "
+                             "gender combiner only)")
     parser.add_argument("--flip", action="store_true",
                         help="add horizontally mirrored training faces (twice the data; an RBF "
                              "SVM takes about 4 times longer to fit)")
@@ -259,7 +262,9 @@ def _run_stack(args: argparse.Namespace) -> int:
     summary = run_stack(args.data or default_data_dir(), folders, split_path=args.split,
                         out_dir=args.out, overwrite=args.overwrite,
                         cache_dir=None if args.no_cache else args.cache_dir / "stack",
-                        progress=not args.quiet, seed=args.seed, postprocess=args.postprocess)
+                        progress=not args.quiet, seed=args.seed, postprocess=args.postprocess,
+                        balance=None if args.balance is None else dict.fromkeys(
+                            STACK_TASKS, args.balance))
     print()
     print(format_summary_table(summary["rows"]))
     print(f"\nstack of {len(folders)} members in {args.out} ({summary['seconds']:.0f} s)")
@@ -313,7 +318,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = TrainConfig(features=tuple(args.features or DEFAULT_FEATURES),
                              model=args.model, tasks=tasks, params=dict(args.param),
                              search=args.search, flip=args.flip, n_jobs=args.n_jobs,
-                             seed=args.seed, balance=args.balance)
+                             seed=args.seed, balance=args.balance or "none")
         summary = run_classical(args.data or default_data_dir(), config,
                                 split_path=args.split, out_dir=args.out,
                                 cache_dir=None if args.no_cache else args.cache_dir,

@@ -27,6 +27,7 @@ from models.stack import StackedFaceModel, is_multitask, labels_of, member_tasks
 from pipelines.artifacts import CNN_SUMMARY_FILE, PACKAGE, STACK_FILE, SUMMARY_FILE, versions
 from pipelines.dataset import DatasetIndex, index_folder
 from pipelines.metrics import evaluate_task, headline
+from pipelines.fairness import balance_keys, balanced_weights
 from pipelines.predictor import ModelError, load_model_file, model_files
 from pipelines.reports import (atomic_path, atomic_write_json, prepare_output_dir, result_row,
                                save_artifact, write_task_report)
@@ -52,6 +53,10 @@ DEFAULT_MEMBERS: dict[str, tuple[str, ...]] = {
     "cnn": ("--model", "cnn"),
     "face-resnet": ("--model", "cnn", "--architecture", "face-resnet"),
 }
+
+#: Task -> ``pipelines.fairness`` balance mode of its combiner's fit, unless told
+#: otherwise: group weights for gender (chosen on validation, docs/fairness.md).
+DEFAULT_BALANCE: dict[str, str] = {"gender": "group"}
 
 
 def has_model(folder: str | os.PathLike) -> bool:
@@ -255,8 +260,8 @@ def _score_stack(stack: StackedFaceModel, outputs: Mapping[str, Mapping[str, Any
 def run_stack(data_dir: str | os.PathLike, member_dirs: Mapping[str, str | os.PathLike], *,
               split_path: str | os.PathLike, out_dir: str | os.PathLike,
               cache_dir: str | os.PathLike | None = None, overwrite: bool = False,
-              progress: bool = True, seed: int = 0,
-              postprocess: str = "none") -> dict[str, Any]:
+              progress: bool = True, seed: int = 0, postprocess: str = "none",
+              balance: Mapping[str, str] | None = None) -> dict[str, Any]:
     """Fit the stack of trained runs on the validation faces, score it on the test faces.
 
     The stack combines the tasks of :data:`STACK_TASKS` that at least one member predicts.
@@ -282,6 +287,10 @@ def run_stack(data_dir: str | os.PathLike, member_dirs: Mapping[str, str | os.Pa
         Seed of the combiners' cross-validation folds.
     postprocess : {"none", "equalized-odds"}
         Post-processing of gender (``StackedFaceModel``).
+    balance : mapping of str to str, optional
+        Task -> balance mode of its combiner's validation faces (``"none"``, ``"class"``
+        or ``"group"``, :mod:`pipelines.fairness`); :data:`DEFAULT_BALANCE` when None, a
+        task not named fits unweighted.
 
     Returns
     -------
@@ -307,15 +316,19 @@ def run_stack(data_dir: str | os.PathLike, member_dirs: Mapping[str, str | os.Pa
     stack = StackedFaceModel({name: member for name, (member, _) in members.items()},
                              seed=seed, postprocess=postprocess)
     predicted = {task for member, _ in members.values() for task in member_tasks(member)}
-    stack.fit_outputs(outputs["val"], {task: val.labels(task) for task in STACK_TASKS
-                                       if task in predicted})
+    tasks = [task for task in STACK_TASKS if task in predicted]
+    balance = {task: mode for task, mode in (DEFAULT_BALANCE if balance is None
+                                             else balance).items() if task in tasks}
+    stack.fit_outputs(outputs["val"], {task: val.labels(task) for task in tasks},
+                      {task: balanced_weights(balance_keys(mode, task, val))
+                       for task, mode in balance.items()})
     rows, test_figures = _score_stack(stack, outputs, val, test, out)
     split_info = {"manifest": str(Path(split_path).resolve()), "sha256": split.sha256,
                   **{part: len(faces) for part, faces in parts.items()}}
     fitted_on = {"part": "val", "n": len(val), "faces_sha256": names_sha256(val.file_names)}
     metadata = {
         "format_version": 1, "package_version": versions()[PACKAGE], "kind": "stack",
-        "tasks": list(stack.tasks_), "postprocess": postprocess,
+        "tasks": list(stack.tasks_), "postprocess": postprocess, "balance": balance,
         "members": {name: {"folder": str(member_dirs[name]), "sha256": sha,
                            "tasks": list(member_tasks(member))}
                     for name, (member, sha) in members.items()},

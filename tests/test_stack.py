@@ -143,6 +143,31 @@ def test_equalized_odds_post_processing_saves_with_the_stack(labels, tmp_path) -
         StackedFaceModel(members, postprocess="parity").fit(faces(half), y)
 
 
+def test_sample_weights_steer_the_combiners(stack, labels) -> None:
+    members = {name: NoisyMember(labels["gender"], labels["age"], seed=seed)
+               for name, seed in (("a", 1), ("b", 2))}
+    half = np.arange(N_FACES // 2)
+    y = {task: values[half] for task, values in labels.items()}
+    outputs = stack.member_outputs(faces(half))
+    ones = StackedFaceModel(members).fit_outputs(outputs, y, {"gender": np.ones(len(half))})
+    np.testing.assert_allclose(ones.combiners_["gender"].best_estimator_.coef_,
+                               stack.combiners_["gender"].best_estimator_.coef_)
+    assert ones.cv_scores_["gender"]["weighted"] and not stack.cv_scores_["gender"]["weighted"]
+    # weigh up the faces that member a gets right and b wrong: the combiner leans on a
+    said = {name: np.argmax(out["gender"], axis=1) for name, out in outputs.items()}
+    a_only = (said["a"] == y["gender"]) & (said["b"] != y["gender"])
+    leaning = StackedFaceModel(members).fit_outputs(
+        outputs, y, {"gender": np.where(a_only, 10.0, 1.0)})
+
+    def lean(model: StackedFaceModel) -> float:  # weight of a's log-odds over b's
+        coef = model.combiners_["gender"].best_estimator_.coef_[0]
+        return (coef[1] - coef[0]) / (coef[3] - coef[2])
+
+    assert lean(leaning) > 1.5 * lean(stack)
+    with pytest.raises(ValueError, match="10 age sample weights for 600 labels"):
+        StackedFaceModel(members).fit_outputs(outputs, y, {"age": np.ones(10)})
+
+
 def test_a_member_that_cannot_judge_a_face_is_replaced_by_the_others_mean(stack) -> None:
     outputs = stack.member_outputs(faces(range(10)))
     holed = {name: {task: values.copy() for task, values in out.items()}

@@ -16,6 +16,7 @@ from pipelines.photos import FaceSearch, predict_photos
 from pipelines.predictor import load_predictor
 from pipelines.classical import TrainConfig, run_classical
 from pipelines.dataset import default_data_dir, index_folder
+from pipelines.fairness import balance_keys
 from pipelines.run import main
 from pipelines.splits import load_or_create_split, names_sha256
 from tests.conftest import link_faces
@@ -61,9 +62,9 @@ def stacked(root, tmp_path_factory) -> dict:
         seen["faces"].append((faces.file_names, outputs))
         return outputs
 
-    def fit_spy(self, outputs, y):
-        seen["fitted"].append((outputs, y))
-        return original_fit(self, outputs, y)
+    def fit_spy(self, outputs, y, sample_weight=None):
+        seen["fitted"].append((outputs, y, sample_weight))
+        return original_fit(self, outputs, y, sample_weight)
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(stacking, "member_outputs", outputs_spy)
@@ -82,10 +83,16 @@ def test_the_combiners_see_validation_faces_only(root, stacked) -> None:
     assert judged_val == parts["val"].file_names
     assert judged_test == parts["test"].file_names
     assert not set(judged_val) & set(judged_test)
-    ((outputs, labels),) = stacked["fitted"]
+    ((outputs, labels, weights),) = stacked["fitted"]
     assert outputs is val_outputs
     for task in stacking.STACK_TASKS:
         np.testing.assert_array_equal(labels[task], parts["val"].labels(task))
+    # the default: the gender combiner weighs every ethnicity x gender x age group alike
+    assert set(weights) == {"gender"}
+    groups = balance_keys("group", "gender", parts["val"])
+    totals = [weights["gender"][groups == key].sum() for key in np.unique(groups)]
+    np.testing.assert_allclose(totals, totals[0])
+    assert weights["gender"].mean() == pytest.approx(1.0)
     summary = json.loads((stacked["out"] / "summary.json").read_text())
     assert summary["fitted_on"] == {"part": "val", "n": len(parts["val"]),
                                     "faces_sha256": names_sha256(parts["val"].file_names)}
@@ -106,6 +113,7 @@ def test_the_saved_stack_predicts_alone_and_through_predict(root, stacked, tmp_p
     out = stacked["out"]
     metadata = json.loads((out / "stack_model.json").read_text())
     assert set(metadata["members"]) == {"gray", "rgb", "net"}
+    assert metadata["balance"] == {"gender": "group"} and metadata["postprocess"] == "none"
     assert metadata["tasks"] == list(stacking.STACK_TASKS)
     faces = sorted(str(path) for path in (root / "faces").iterdir())[:5]
     model = joblib.load(out / "stack_model.joblib")
