@@ -183,8 +183,8 @@ def top_training_data(network: keras.Model,
         Activations -> task outputs, sharing ``network``'s layers.
     train, val : tuple of (ndarray, dict)
         Activations (float16, to halve their memory) and labels; the training part
-        holds each face and its mirror image, the mirror being the augmentation that
-        the cache keeps.
+        holds the faces, then their mirror images in the same order, the mirror being
+        the augmentation that the cache keeps.
     """
     trunk, top = split_top(network, tuned_blocks)
     chips, labels = train

@@ -37,6 +37,7 @@ from models.safety import file_sha256
 from pipelines.artifacts import (CNN_CHECKPOINT_FILE, CNN_MODEL_FILE, CNN_SUMMARY_FILE,
                                  CURVES_FILE, SPLIT_FILE)
 from pipelines.dataset import DatasetIndex, index_folder
+from pipelines.fairness import BALANCE_MODES, balance_keys, balanced_weights
 from pipelines.metrics import evaluate_task, headline
 from pipelines.reports import atomic_path, atomic_write_json, prepare_output_dir, write_task_report
 from pipelines.splits import PARTS, load_or_create_split, names_sha256
@@ -263,6 +264,9 @@ class CNNConfig:
         default architecture, off for ``seed_baseline`` and fine-tuning.
     max_train : int, optional
         Train on a random subset of this many training faces (quick runs).
+    balance : {"none", "class", "group"}
+        Per-face weights of the training losses (:mod:`pipelines.fairness`): every
+        class of each task, or every ethnicity x gender x age group, weighs alike.
 
     Raises
     ------
@@ -285,8 +289,11 @@ class CNNConfig:
     freeze_trunk_epochs: int | None = None
     distill: bool | None = None
     max_train: int | None = None
+    balance: str = "none"
 
     def __post_init__(self) -> None:
+        if self.balance not in BALANCE_MODES:
+            raise ValueError(f"balance must be one of {BALANCE_MODES}, got {self.balance!r}")
         if self.tasks is not None:
             object.__setattr__(self, "tasks", tuple(self.tasks))
         if self.freeze_trunk_epochs and self.init_from is None and not self.new_face:
@@ -392,6 +399,7 @@ def train_cnn(data_dir: str | os.PathLike, out_dir: str | os.PathLike,
         "architecture": network.name, "tasks": list(predictor.tasks),
         "size": list(predictor.size), "color": predictor.color, "precision": precision,
         "views": {"mirror": predictor.mirror, "jitter": predictor.jitter},
+        "balance": config.balance,
         "counts": {part: len(faces[part].images) for part in PARTS}, "load_failures": failures,
         "strategy": {"name": type(strategy).__name__, "replicas": strategy.num_replicas_in_sync}}
     if config.init_from is not None:
@@ -439,16 +447,24 @@ def _train(network, faces: dict[str, Faces], config: CNNConfig, out: Path,
     tasks = network_tasks(network)
     train = (faces["train"].images, faces["train"].labels(tasks))
     val = (faces["val"].images, faces["val"].labels(tasks))
+    weights = None
+    if config.balance != "none":
+        weights = {task: balanced_weights(balance_keys(config.balance, task,
+                                                       faces["train"].index))
+                   for task in tasks}
     if aligned:
         trained, train, val = top_training_data(
             network, (aligned_chips(train[0], progress), train[1]),
             (aligned_chips(val[0], progress), val[1]), progress=progress)
+        if weights is not None:  # the activations hold the faces, then their mirror images
+            weights = {task: np.concatenate([values, values]) for task, values in weights.items()}
         summary["activations_seconds"] = round(time.perf_counter() - started, 1)
         logger.info("aligned the faces and cached the frozen trunk's activations in %.0f s",
                     summary["activations_seconds"])
     history = fit_network(trained, train, val,
                           config.schedule(aligned, verbose=2 if progress else 0),
-                          checkpoint_path=out / CNN_CHECKPOINT_FILE, descriptors=descriptors)
+                          checkpoint_path=out / CNN_CHECKPOINT_FILE, descriptors=descriptors,
+                          sample_weight=weights)
     seconds = time.perf_counter() - started
     (out / CNN_CHECKPOINT_FILE).unlink()
     summary.update({

@@ -135,11 +135,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="try a small grid of parameters per task and keep the best on the "
                              "validation split (about 3-4 times longer)")
     parser.add_argument("--balance", choices=BALANCE_MODES, default=None,
-                        help="sample weights of the fit: none, class (every class, or age "
-                             "group for age, weighs alike) or group (every ethnicity x gender "
-                             "x age group weighs alike); with --model stack, of every "
-                             "combiner's fit (default: none; for a stack, group for the "
-                             "gender combiner only)")
+                        help="sample weights of the training faces (classical models, "
+                             "CNN): none, class (every class, or age group for age, weighs "
+                             "alike) or group (every ethnicity x gender x age group weighs "
+                             "alike); with --model stack, of every combiner's fit (default: "
+                             "none; for a stack, group for the gender combiner only)")
     parser.add_argument("--flip", action="store_true",
                         help="add horizontally mirrored training faces (twice the data; an RBF "
                              "SVM takes about 4 times longer to fit)")
@@ -280,7 +280,7 @@ def _run_cnn(args: argparse.Namespace, tasks: Sequence[str]) -> int:
                        epochs=args.epochs, batch_size=args.batch_size,
                        precision=args.precision, seed=args.seed, n_jobs=args.n_jobs,
                        init_from=args.init_from, freeze_trunk_epochs=args.freeze_trunk_epochs,
-                       distill=args.distill)
+                       distill=args.distill, balance=args.balance or "none")
     summary = train_cnn(args.data or default_data_dir(), args.out, config,
                         manifest_path=args.split,
                         cache_dir=None if args.no_cache else args.cache_dir,

@@ -132,8 +132,9 @@ def test_train_cnn_fine_tunes_the_face_resnet(tmp_path) -> None:
     for path in paths[:: len(paths) // 40][:40]:
         os.symlink(path, folder / Path(path).name)
     summary = train_cnn(folder, tmp_path / "out", CNNConfig(
-        architecture=ARCHITECTURE, epochs=2, freeze_trunk_epochs=1, batch_size=16, n_jobs=1),
-        progress=False)
+        architecture=ARCHITECTURE, epochs=2, freeze_trunk_epochs=1, batch_size=16, n_jobs=1,
+        balance="group"), progress=False)  # weights for the faces and their mirror images
+    assert summary["balance"] == "group"
     assert summary["architecture"] == ARCHITECTURE and summary["size"] == list(LOAD_SIZE)
     assert summary["history"]["trunk_frozen"] == [1.0, 0.0]
     assert summary["views"] == {"mirror": True, "jitter": False}

@@ -131,10 +131,28 @@ def encode_targets(labels: Mapping[str, np.ndarray],
             for task, values in targets.items()}
 
 
+def output_weights(sample_weight: Mapping[str, np.ndarray], tasks: Sequence[str],
+                   count: int) -> dict[str, np.ndarray]:
+    """Per-face weights (float32) of every network output: a task's own, the age's for
+    the ``age_distribution`` output, and 1 for an output without weights (the
+    distilled descriptor)."""
+    source = {**sample_weight}
+    if "age" in sample_weight:
+        source.setdefault(AGE_DISTRIBUTION, sample_weight["age"])
+    weights = {task: np.asarray(source.get(task, np.ones(count)), dtype=np.float32)
+               for task in tasks}
+    for task, values in weights.items():
+        if values.shape != (count,):
+            raise ValueError(f"{task}: {values.shape[0]} sample weights for {count} faces")
+    return weights
+
+
 def make_dataset(images: np.ndarray, labels: Mapping[str, np.ndarray], tasks: Sequence[str], *,
                  batch_size: int, training: bool, seed: int | None = None,
-                 augment: bool = True) -> tf.data.Dataset:
-    """A ``tf.data`` pipeline of (float32 image batch, dict of task targets).
+                 augment: bool = True,
+                 sample_weight: Mapping[str, np.ndarray] | None = None) -> tf.data.Dataset:
+    """A ``tf.data`` pipeline of (float32 image batch, dict of task targets[, dict of
+    per-face weights]).
 
     Parameters
     ----------
@@ -153,6 +171,9 @@ def make_dataset(images: np.ndarray, labels: Mapping[str, np.ndarray], tasks: Se
         Seed of the shuffle and the augmentation.
     augment : bool
         False for inputs that are not images (cached activations): shuffled only.
+    sample_weight : mapping of str to ndarray, optional
+        Per-face weights of each task's loss (and metrics), aligned with ``images``
+        (:func:`output_weights`); Keras takes them as the batches' third element.
 
     Returns
     -------
@@ -160,7 +181,10 @@ def make_dataset(images: np.ndarray, labels: Mapping[str, np.ndarray], tasks: Se
     """
     import tensorflow as tf
 
-    dataset = tf.data.Dataset.from_tensor_slices((images, encode_targets(labels, tasks)))
+    parts = (images, encode_targets(labels, tasks))
+    if sample_weight is not None:
+        parts += (output_weights(sample_weight, tasks, len(images)),)
+    dataset = tf.data.Dataset.from_tensor_slices(parts)
     if training:
         dataset = dataset.shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
     generator = None
@@ -169,9 +193,9 @@ def make_dataset(images: np.ndarray, labels: Mapping[str, np.ndarray], tasks: Se
                      else tf.random.Generator.from_seed(seed))
 
     @tf.autograph.experimental.do_not_convert  # plain tensor code, nothing to convert
-    def prepare(images, targets):
+    def prepare(images, *rest):  # rest: targets[, weights]
         images = tf.cast(images, tf.float32)
-        return (images if generator is None else augment_batch(images, generator)), targets
+        return (images if generator is None else augment_batch(images, generator), *rest)
 
     # A sequential map: parallel calls would draw from the generator's state in a
     # varying order, breaking seeded runs. Prefetching still overlaps it with training.
@@ -241,7 +265,8 @@ class FitSchedule:
 def fit_network(network: keras.Model, train: tuple[np.ndarray, Mapping[str, np.ndarray]],
                 val: tuple[np.ndarray, Mapping[str, np.ndarray]], schedule: FitSchedule, *,
                 checkpoint_path: str | os.PathLike,
-                descriptors: tuple[np.ndarray, np.ndarray] | None = None
+                descriptors: tuple[np.ndarray, np.ndarray] | None = None,
+                sample_weight: Mapping[str, np.ndarray] | None = None
                 ) -> dict[str, list[float]]:
     """Train a network in place and leave it with the weights of its best epoch.
 
@@ -262,6 +287,9 @@ def fit_network(network: keras.Model, train: tuple[np.ndarray, Mapping[str, np.n
         Network to train; all its layers are left trainable.
     train, val : tuple of (ndarray, mapping)
         uint8 images (N, H, W, C) and label codes per task (see :func:`make_dataset`).
+    sample_weight : mapping of str to ndarray, optional
+        Per-face weights of the training faces per task (see :func:`output_weights`);
+        the validation loss that picks the epoch stays unweighted.
 
     Returns
     -------
@@ -290,7 +318,8 @@ def fit_network(network: keras.Model, train: tuple[np.ndarray, Mapping[str, np.n
         monitor = "val_task_loss"
         callbacks.append(_task_loss_callback(schedule.descriptor_weight))
     data = (make_dataset(*train, tasks, batch_size=schedule.batch_size, training=True,
-                         seed=schedule.seed, augment=schedule.augment),
+                         seed=schedule.seed, augment=schedule.augment,
+                         sample_weight=sample_weight),
             make_dataset(*val, tasks, batch_size=schedule.batch_size, training=False))
     checkpoint = keras.callbacks.ModelCheckpoint(
         os.fspath(checkpoint_path), monitor=monitor, mode="min", save_best_only=True,
