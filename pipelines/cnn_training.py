@@ -27,7 +27,8 @@ import numpy as np
 from features.embeddings import N_FEATURES, DlibFaceDescriptor
 from features.extract import extract_features
 from features.io import DEFAULT_SIZE, load_images
-from models.cnn import (DEFAULT_DESCRIPTOR_WEIGHT, DEFAULT_LEARNING_RATE, OUTPUT_LAYERS,
+from models.cnn import (DEFAULT_DESCRIPTOR_WEIGHT, DEFAULT_LABEL_SMOOTHING,
+                        DEFAULT_LEARNING_RATE, OUTPUT_LAYERS,
                         CNNPredictor, FitSchedule, build_model, distribution_strategy,
                         fit_network, load_model, network_tasks, resolve_tasks, select_tasks)
 from models.face_model import ARCHITECTURE as FACE_ARCHITECTURE
@@ -57,6 +58,9 @@ FACE_EPOCHS = 10
 FACE_FREEZE_EPOCHS = 2
 FACE_HEAD_LEARNING_RATE = 3e-3
 FACE_LEARNING_RATE = 1e-4
+#: Label smoothing of ``face-resnet``'s gender and ethnicity losses (the other networks:
+#: ``models.cnn.DEFAULT_LABEL_SMOOTHING``); chosen on validation, docs/face-resnet.md.
+FACE_LABEL_SMOOTHING = 0.0
 _CURVE_METRICS = (("loss", "total loss"), ("gender_acc", "gender accuracy"),
                   ("ethnicity_acc", "ethnicity accuracy"), ("age_mae", "age MAE (years)"))
 
@@ -324,6 +328,7 @@ class CNNConfig:
             freeze_trunk_epochs=(FACE_FREEZE_EPOCHS if self.new_face else 0)
             if freeze is None else freeze,
             head_learning_rate=FACE_HEAD_LEARNING_RATE if aligned else None,
+            label_smoothing=FACE_LABEL_SMOOTHING if aligned else DEFAULT_LABEL_SMOOTHING,
             augment=not aligned, seed=self.seed, verbose=verbose)
 
 

@@ -219,7 +219,7 @@ def test_early_stopping_waits_for_the_second_half_of_the_schedule(tmp_path):
     assert len(history["loss"]) >= 8 // 2 + 2
 
 
-def test_sample_weights_travel_with_their_faces_and_reach_the_loss(tmp_path):
+def test_sample_weights_travel_with_their_faces_and_reach_the_loss_with_its_smoothing(tmp_path):
     labels = synthetic_labels(48, seed=3)
     weights = {"gender": labels["age"] / 10.0, "ethnicity": np.ones(48)}
     images = np.random.default_rng(3).integers(0, 256, (48, SIZE, SIZE, 1)).astype(np.uint8)
@@ -232,11 +232,13 @@ def test_sample_weights_travel_with_their_faces_and_reach_the_loss(tmp_path):
     with pytest.raises(ValueError, match="gender: 3 sample weights for 48 faces"):
         cnn.training.output_weights({"gender": np.ones(3)}, TASKS, 48)
     # a task weighted 0 everywhere adds nothing to the training loss
-    schedule = FitSchedule(epochs=1, batch_size=16, seed=0, verbose=0)
-    history = fit_network(build_model("default", (SIZE, SIZE, 1), seed=0),
-                          (images, labels), (images, labels), schedule,
+    schedule = FitSchedule(epochs=1, batch_size=16, seed=0, verbose=0, label_smoothing=0.0)
+    network = build_model("default", (SIZE, SIZE, 1), seed=0)
+    history = fit_network(network, (images, labels), (images, labels), schedule,
                           checkpoint_path=tmp_path / "best.weights.h5",
                           sample_weight={"gender": np.zeros(48)})
+    assert network.loss["gender"].label_smoothing == 0.0  # the schedule's, not the default
+    assert CNNConfig(architecture="face-resnet").schedule(True, 0).label_smoothing == 0.0
     assert history["gender_loss"] == [0.0]
     assert history["ethnicity_loss"][0] > 0 and history["val_gender_loss"][0] > 0
     with pytest.raises(ValueError, match="balance must be one of"):

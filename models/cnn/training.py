@@ -220,6 +220,8 @@ class FitSchedule:
         Faces per step.
     learning_rate, weight_decay : float
         Peak learning rate and AdamW weight decay.
+    label_smoothing : float
+        Label smoothing of the gender and ethnicity losses.
     patience : int
         Epochs without improvement of the validation loss before a phase stops.
     freeze_trunk_epochs : int
@@ -241,6 +243,7 @@ class FitSchedule:
     batch_size: int
     learning_rate: float = DEFAULT_LEARNING_RATE
     weight_decay: float = DEFAULT_WEIGHT_DECAY
+    label_smoothing: float = DEFAULT_LABEL_SMOOTHING
     patience: int = DEFAULT_PATIENCE
     freeze_trunk_epochs: int = 0
     head_learning_rate: float | None = None
@@ -331,6 +334,7 @@ def fit_network(network: keras.Model, train: tuple[np.ndarray, Mapping[str, np.n
         set_trunk_trainable(trained, not frozen)
         with network.distribute_strategy.scope():   # the strategy the network was built in
             compile_network(trained, learning_rate=peak, weight_decay=schedule.weight_decay,
+                            label_smoothing=schedule.label_smoothing,
                             total_steps=phase_epochs * steps_per_epoch,
                             warmup_steps=steps_per_epoch,
                             descriptor_weight=schedule.descriptor_weight)
