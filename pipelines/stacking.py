@@ -54,10 +54,6 @@ DEFAULT_MEMBERS: dict[str, tuple[str, ...]] = {
     "face-resnet": ("--model", "cnn", "--architecture", "face-resnet"),
 }
 
-#: Task -> ``pipelines.fairness`` balance mode of its combiner's fit, unless told
-#: otherwise: group weights for gender (chosen on validation, docs/fairness.md).
-DEFAULT_BALANCE: dict[str, str] = {"gender": "group"}
-
 
 def has_model(folder: str | os.PathLike) -> bool:
     """Whether ``folder`` holds a trained run (a model file :mod:`pipelines.predictor` reads)."""
@@ -289,8 +285,7 @@ def run_stack(data_dir: str | os.PathLike, member_dirs: Mapping[str, str | os.Pa
         Post-processing of gender (``StackedFaceModel``).
     balance : mapping of str to str, optional
         Task -> balance mode of its combiner's validation faces (``"none"``, ``"class"``
-        or ``"group"``, :mod:`pipelines.fairness`); :data:`DEFAULT_BALANCE` when None, a
-        task not named fits unweighted.
+        or ``"group"``, :mod:`pipelines.fairness`); a task not named fits unweighted.
 
     Returns
     -------
@@ -317,8 +312,7 @@ def run_stack(data_dir: str | os.PathLike, member_dirs: Mapping[str, str | os.Pa
                              seed=seed, postprocess=postprocess)
     predicted = {task for member, _ in members.values() for task in member_tasks(member)}
     tasks = [task for task in STACK_TASKS if task in predicted]
-    balance = {task: mode for task, mode in (DEFAULT_BALANCE if balance is None
-                                             else balance).items() if task in tasks}
+    balance = {task: mode for task, mode in (balance or {}).items() if task in tasks}
     stack.fit_outputs(outputs["val"], {task: val.labels(task) for task in tasks},
                       {task: balanced_weights(balance_keys(mode, task, val))
                        for task, mode in balance.items()})

@@ -87,12 +87,7 @@ def test_the_combiners_see_validation_faces_only(root, stacked) -> None:
     assert outputs is val_outputs
     for task in stacking.STACK_TASKS:
         np.testing.assert_array_equal(labels[task], parts["val"].labels(task))
-    # the default: the gender combiner weighs every ethnicity x gender x age group alike
-    assert set(weights) == {"gender"}
-    groups = balance_keys("group", "gender", parts["val"])
-    totals = [weights["gender"][groups == key].sum() for key in np.unique(groups)]
-    np.testing.assert_allclose(totals, totals[0])
-    assert weights["gender"].mean() == pytest.approx(1.0)
+    assert all(values is None for values in weights.values())  # unweighted by default
     summary = json.loads((stacked["out"] / "summary.json").read_text())
     assert summary["fitted_on"] == {"part": "val", "n": len(parts["val"]),
                                     "faces_sha256": names_sha256(parts["val"].file_names)}
@@ -113,7 +108,7 @@ def test_the_saved_stack_predicts_alone_and_through_predict(root, stacked, tmp_p
     out = stacked["out"]
     metadata = json.loads((out / "stack_model.json").read_text())
     assert set(metadata["members"]) == {"gray", "rgb", "net"}
-    assert metadata["balance"] == {"gender": "group"} and metadata["postprocess"] == "none"
+    assert metadata["postprocess"] == "none"
     assert metadata["tasks"] == list(stacking.STACK_TASKS)
     faces = sorted(str(path) for path in (root / "faces").iterdir())[:5]
     model = joblib.load(out / "stack_model.joblib")
@@ -164,6 +159,25 @@ def test_an_altered_or_missing_member_is_refused_before_any_output(root, tmp_pat
     assert main(stack_args(root, out, str(root / "gray"), str(network))) == 2
     assert "was altered or replaced" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_balance_weighs_every_combiners_groups_alike(root, tmp_path, monkeypatch) -> None:
+    fitted = []
+    original = StackedFaceModel.fit_outputs
+    monkeypatch.setattr(StackedFaceModel, "fit_outputs", lambda self, outputs, y, weights:
+                        fitted.append(weights) or original(self, outputs, y, weights))
+    assert main([*stack_args(root, tmp_path / "fair", str(root / "gray")),
+                 "--balance", "group"]) == 0
+    index = index_folder(root / "faces")
+    val = load_or_create_split(index, root / "split.json").apply(index)["val"]
+    groups = balance_keys("group", "gender", val)
+    ((weights),) = fitted
+    for task in stacking.STACK_TASKS:
+        totals = [weights[task][groups == key].sum() for key in np.unique(groups)]
+        np.testing.assert_allclose(totals, totals[0])
+        assert weights[task].mean() == pytest.approx(1.0)
+    metadata = json.loads((tmp_path / "fair" / "stack_model.json").read_text())
+    assert metadata["balance"] == dict.fromkeys(stacking.STACK_TASKS, "group")
 
 
 def test_postprocess_option_is_checked(root, tmp_path, capsys) -> None:
