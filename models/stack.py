@@ -324,6 +324,7 @@ class StackedFaceModel(BaseEstimator):
                                  f"labels")
         self.tasks_, self.inputs_, self.n_classes_ = tuple(y), inputs, {}
         self.combiners_, self.cv_scores_ = {}, {}
+        self.__dict__.pop("postprocessor_", None)  # a refit without it must not keep one
         for task, names in inputs.items():
             labels = np.asarray(y[task])
             if task in REGRESSION_TASKS:

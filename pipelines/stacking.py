@@ -26,8 +26,8 @@ from models.safety import file_sha256, read_metadata
 from models.stack import StackedFaceModel, is_multitask, labels_of, member_tasks
 from pipelines.artifacts import CNN_SUMMARY_FILE, PACKAGE, STACK_FILE, SUMMARY_FILE, versions
 from pipelines.dataset import DatasetIndex, index_folder
-from pipelines.metrics import evaluate_task, headline
 from pipelines.fairness import balance_keys, balanced_weights
+from pipelines.metrics import evaluate_task, headline
 from pipelines.predictor import ModelError, load_model_file, model_files
 from pipelines.reports import (atomic_path, atomic_write_json, prepare_output_dir, result_row,
                                save_artifact, write_task_report)
