@@ -171,7 +171,7 @@ def test_balance_weighs_every_combiners_groups_alike(root, tmp_path, monkeypatch
     index = index_folder(root / "faces")
     val = load_or_create_split(index, root / "split.json").apply(index)["val"]
     groups = balance_keys("group", "gender", val)
-    ((weights),) = fitted
+    (weights,) = fitted
     for task in stacking.STACK_TASKS:
         totals = [weights[task][groups == key].sum() for key in np.unique(groups)]
         np.testing.assert_allclose(totals, totals[0])
