@@ -372,9 +372,13 @@ class StackedFaceModel(BaseEstimator):
                 break
 
         def figures(predicted: np.ndarray) -> dict[str, float]:
-            right = predicted == gender
-            return {"accuracy": float(right.mean()), "worst_ethnicity_accuracy": float(min(
-                right[ethnicity == group].mean() for group in np.unique(ethnicity)))}
+            from fairlearn.metrics import MetricFrame
+            from sklearn.metrics import accuracy_score
+
+            frame = MetricFrame(metrics=accuracy_score, y_true=gender, y_pred=predicted,
+                                sensitive_features=ethnicity)
+            return {"accuracy": float(frame.overall),
+                    "worst_ethnicity_accuracy": float(frame.group_min())}
 
         self.cv_scores_["gender"]["equalized_odds"] = {
             "before": figures(decided),
