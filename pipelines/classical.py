@@ -44,7 +44,7 @@ from pipelines.artifacts import PACKAGE, SUMMARY_FILE, task_model_file, versions
 from pipelines.cluster import (SINGLE_MACHINE_MODELS, check_single_machine_model,
                                check_workers_read, connect, on_this_machine)
 from pipelines.dataset import DatasetIndex, index_folder
-from pipelines.fairness import BALANCE_MODES, balance_keys, balanced_weights
+from pipelines.fairness import BALANCE_MODES, balance_weights
 from pipelines.feature_blocks import DEFAULT_FEATURES, FeatureSpec, extract_views
 from pipelines.metrics import class_names, evaluate_task, headline
 from pipelines.reports import (atomic_write_json, prepare_output_dir, result_row, save_artifact,
@@ -99,7 +99,7 @@ class TrainConfig:
         Processes for feature extraction and threads for fitting.
     seed : int
         Seed of PCA and the models.
-    balance : {"none", "class", "group"}
+    balance : {"none", "class", "class-sqrt", "group"}
         Sample weights of the fit (:mod:`pipelines.fairness`): none, every class alike,
         or every ethnicity x gender x age group alike.
     """
@@ -349,8 +349,7 @@ _CALIBRATION_FOLDS = 5
 def _weights(config: TrainConfig, task: str, faces: DatasetIndex,
              rows: np.ndarray) -> np.ndarray | None:
     """Sample weights of the training rows fitted for a task (:mod:`pipelines.fairness`)."""
-    keys = balance_keys(config.balance, task, faces)
-    return None if keys is None else balanced_weights(keys[rows])
+    return balance_weights(config.balance, task, faces, rows)
 
 
 def with_probabilities(classifier, Z_val: np.ndarray, y_val: np.ndarray):

@@ -38,7 +38,7 @@ from models.safety import file_sha256
 from pipelines.artifacts import (CNN_CHECKPOINT_FILE, CNN_MODEL_FILE, CNN_SUMMARY_FILE,
                                  CURVES_FILE, SPLIT_FILE)
 from pipelines.dataset import DatasetIndex, index_folder
-from pipelines.fairness import BALANCE_MODES, balance_keys, balanced_weights
+from pipelines.fairness import BALANCE_MODES, balance_weights
 from pipelines.metrics import evaluate_task, headline
 from pipelines.reports import atomic_path, atomic_write_json, prepare_output_dir, write_task_report
 from pipelines.splits import PARTS, load_or_create_split, names_sha256
@@ -268,7 +268,7 @@ class CNNConfig:
         default architecture, off for ``seed_baseline`` and fine-tuning.
     max_train : int, optional
         Train on a random subset of this many training faces (quick runs).
-    balance : {"none", "class", "group"}
+    balance : {"none", "class", "class-sqrt", "group"}
         Per-face weights of the training losses (:mod:`pipelines.fairness`): every
         class of each task, or every ethnicity x gender x age group, weighs alike.
 
@@ -454,8 +454,7 @@ def _train(network, faces: dict[str, Faces], config: CNNConfig, out: Path,
     val = (faces["val"].images, faces["val"].labels(tasks))
     weights = None
     if config.balance != "none":
-        weights = {task: balanced_weights(balance_keys(config.balance, task,
-                                                       faces["train"].index))
+        weights = {task: balance_weights(config.balance, task, faces["train"].index)
                    for task in tasks}
     if aligned:
         trained, train, val = top_training_data(

@@ -134,12 +134,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--search", action="store_true",
                         help="try a small grid of parameters per task and keep the best on the "
                              "validation split (about 3-4 times longer)")
-    parser.add_argument("--balance", choices=BALANCE_MODES, default="none",
+    parser.add_argument("--balance", choices=BALANCE_MODES,
                         help="sample weights of the training faces (classical models, "
-                             "CNN): none, class (every class, or age group for age, weighs "
-                             "alike) or group (every ethnicity x gender x age group weighs "
-                             "alike); with --model stack, of every combiner's fit "
-                             "(default: %(default)s)")
+                             "CNN): none (default), class (every class, or age group for "
+                             "age, weighs alike), class-sqrt (a face weighs 1 / sqrt of its "
+                             "class's count) or group (every ethnicity x gender x age group "
+                             "weighs alike); with --model stack, of every combiner's fit "
+                             "(default there: class-sqrt for ethnicity, none for the others)")
     parser.add_argument("--flip", action="store_true",
                         help="add horizontally mirrored training faces (twice the data; an RBF "
                              "SVM takes about 4 times longer to fit)")
@@ -263,7 +264,8 @@ def _run_stack(args: argparse.Namespace) -> int:
                         out_dir=args.out, overwrite=args.overwrite,
                         cache_dir=None if args.no_cache else args.cache_dir / "stack",
                         progress=not args.quiet, seed=args.seed, postprocess=args.postprocess,
-                        balance=dict.fromkeys(STACK_TASKS, args.balance))
+                        balance=None if args.balance is None
+                        else dict.fromkeys(STACK_TASKS, args.balance))
     print()
     print(format_summary_table(summary["rows"]))
     print(f"\nstack of {len(folders)} members in {args.out} ({summary['seconds']:.0f} s)")
@@ -279,7 +281,7 @@ def _run_cnn(args: argparse.Namespace, tasks: Sequence[str]) -> int:
                        epochs=args.epochs, batch_size=args.batch_size,
                        precision=args.precision, seed=args.seed, n_jobs=args.n_jobs,
                        init_from=args.init_from, freeze_trunk_epochs=args.freeze_trunk_epochs,
-                       distill=args.distill, balance=args.balance)
+                       distill=args.distill, balance=args.balance or "none")
     summary = train_cnn(args.data or default_data_dir(), args.out, config,
                         manifest_path=args.split,
                         cache_dir=None if args.no_cache else args.cache_dir,
@@ -317,7 +319,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = TrainConfig(features=tuple(args.features or DEFAULT_FEATURES),
                              model=args.model, tasks=tasks, params=dict(args.param),
                              search=args.search, flip=args.flip, n_jobs=args.n_jobs,
-                             seed=args.seed, balance=args.balance)
+                             seed=args.seed, balance=args.balance or "none")
         summary = run_classical(args.data or default_data_dir(), config,
                                 split_path=args.split, out_dir=args.out,
                                 cache_dir=None if args.no_cache else args.cache_dir,

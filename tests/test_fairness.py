@@ -11,7 +11,7 @@ from benchmarks.fairness import main as fairness_main
 from models.labels import ETHNICITY_NAMES
 from pipelines.classical import TrainConfig, run_classical
 from pipelines.dataset import DatasetIndex, default_data_dir, index_folder, parse_utkface_name
-from pipelines.fairness import balance_keys, balanced_weights
+from pipelines.fairness import balance_keys, balance_weights, balanced_weights
 from pipelines.feature_blocks import FeatureSpec
 from pipelines.reports import predictions_path, read_predictions_csv
 from tests.conftest import link_faces
@@ -36,6 +36,21 @@ def test_class_weights_give_every_class_the_same_total() -> None:
     # age balances its age groups: 0-2, 20-29 (4 faces), 30-39, 70+ (2 faces)
     weights = balanced_weights(balance_keys("class", "age", FACES))
     np.testing.assert_allclose(weights, [2, 0.5, 0.5, 0.5, 2, 1, 1, 0.5])
+
+
+def test_square_root_class_weights_grow_with_the_root_of_a_class() -> None:
+    weights = balance_weights("class-sqrt", "ethnicity", FACES)
+    assert weights.mean() == pytest.approx(1.0)
+    # 5 White faces and 3 "Others": each face weighs 1 / sqrt(its class's count), so the
+    # classes total sqrt(5) : sqrt(3) (unweighted 5 : 3, class-balanced 1 : 1)
+    white, others = weights[FACES.ethnicity == 0], weights[FACES.ethnicity == 4]
+    np.testing.assert_allclose(white, white[0])
+    assert white[0] / others[0] == pytest.approx(np.sqrt(3 / 5))
+    assert white.sum() / others.sum() == pytest.approx(np.sqrt(5 / 3))
+    rows = np.array([0, 1, 4])  # 2 White, 1 "Others": weighed among those rows only
+    expected = np.array([1 / np.sqrt(2), 1 / np.sqrt(2), 1.0])
+    np.testing.assert_allclose(balance_weights("class-sqrt", "ethnicity", FACES, rows),
+                               expected / expected.mean())
 
 
 def test_group_weights_balance_ethnicity_gender_and_age_group() -> None:

@@ -16,7 +16,7 @@ from pipelines.photos import FaceSearch, predict_photos
 from pipelines.predictor import load_predictor
 from pipelines.classical import TrainConfig, run_classical
 from pipelines.dataset import default_data_dir, index_folder
-from pipelines.fairness import balance_keys
+from pipelines.fairness import balance_keys, balance_weights
 from pipelines.run import main
 from pipelines.splits import load_or_create_split, names_sha256
 from tests.conftest import link_faces
@@ -87,7 +87,10 @@ def test_the_combiners_see_validation_faces_only(root, stacked) -> None:
     assert outputs is val_outputs
     for task in stacking.STACK_TASKS:
         np.testing.assert_array_equal(labels[task], parts["val"].labels(task))
-    assert all(values is None for values in weights.values())  # unweighted by default
+    # by default only the ethnicity combiner is weighted: 1 / sqrt(class count) per face
+    assert set(weights) == {"ethnicity"}
+    np.testing.assert_allclose(weights["ethnicity"],
+                               balance_weights("class-sqrt", "ethnicity", parts["val"]))
     summary = json.loads((stacked["out"] / "summary.json").read_text())
     assert summary["fitted_on"] == {"part": "val", "n": len(parts["val"]),
                                     "faces_sha256": names_sha256(parts["val"].file_names)}
@@ -109,6 +112,7 @@ def test_the_saved_stack_predicts_alone_and_through_predict(root, stacked, tmp_p
     metadata = json.loads((out / "stack_model.json").read_text())
     assert set(metadata["members"]) == {"gray", "rgb", "net"}
     assert metadata["postprocess"] == "none"
+    assert metadata["balance"] == stacking.DEFAULT_STACK_BALANCE
     assert metadata["tasks"] == list(stacking.STACK_TASKS)
     faces = sorted(str(path) for path in (root / "faces").iterdir())[:5]
     model = joblib.load(out / "stack_model.joblib")
