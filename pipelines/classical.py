@@ -101,7 +101,8 @@ class TrainConfig:
         Seed of PCA and the models.
     balance : {"none", "class", "class-sqrt", "group"}
         Sample weights of the fit (:mod:`pipelines.fairness`): none, every class alike,
-        or every ethnicity x gender x age group alike.
+        every face by 1 / sqrt of its class's count, or every ethnicity x gender x age
+        group alike.
     """
 
     features: tuple[FeatureSpec, ...] = DEFAULT_FEATURES

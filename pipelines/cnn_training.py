@@ -270,7 +270,8 @@ class CNNConfig:
         Train on a random subset of this many training faces (quick runs).
     balance : {"none", "class", "class-sqrt", "group"}
         Per-face weights of the training losses (:mod:`pipelines.fairness`): every
-        class of each task, or every ethnicity x gender x age group, weighs alike.
+        class of each task weighs alike, or a face by 1 / sqrt of its class's count,
+        or every ethnicity x gender x age group weighs alike.
 
     Raises
     ------
