@@ -92,13 +92,14 @@ _BATCH = 32
 _INDICES_LOGGED = 10
 
 
-def _import_dlib():
-    """dlib itself, or an ImportError telling how to install the extra."""
+def import_dlib():
+    """dlib itself (descriptors, and detection in :mod:`features.faces`), or an
+    ImportError telling how to install the extra."""
     try:
         import dlib
     except ImportError as error:
-        raise ImportError(f"face descriptors need dlib and its models: {INSTALL_HINT}") \
-            from error
+        raise ImportError(f"face descriptors and detection need dlib and its models: "
+                          f"{INSTALL_HINT}") from error
     return dlib
 
 
@@ -119,7 +120,7 @@ def model_dir() -> Path:
 def face_detector():
     """dlib's HOG frontal-face detector (``dlib.fhog_object_detector``), built once per
     process."""
-    return _import_dlib().get_frontal_face_detector()
+    return import_dlib().get_frontal_face_detector()
 
 
 @lru_cache(maxsize=2)
@@ -127,13 +128,13 @@ def landmark_model(landmarks: int = 68):
     """The 68- or 5-point ``dlib.shape_predictor``, loaded once per process."""
     if landmarks not in LANDMARK_MODELS:
         raise ValueError(f"landmarks must be one of {sorted(LANDMARK_MODELS)}, got {landmarks!r}")
-    return _import_dlib().shape_predictor(str(model_dir() / LANDMARK_MODELS[landmarks]))
+    return import_dlib().shape_predictor(str(model_dir() / LANDMARK_MODELS[landmarks]))
 
 
 @lru_cache(maxsize=1)
 def descriptor_model():
     """The descriptor ResNet (``dlib.face_recognition_model_v1``), loaded once per process."""
-    return _import_dlib().face_recognition_model_v1(str(model_dir() / RECOGNITION_MODEL))
+    return import_dlib().face_recognition_model_v1(str(model_dir() / RECOGNITION_MODEL))
 
 
 def _checked(images, boxes, inset: float) -> tuple[list[np.ndarray], list[tuple[float, ...]]]:
@@ -193,7 +194,7 @@ def face_scores(images: Sequence[np.ndarray], boxes: Sequence[Sequence[float]] |
     ndarray of float64, shape (N,)
         The highest score, or ``-inf`` where nothing scores above ``floor``.
     """
-    dlib = _import_dlib()
+    dlib = import_dlib()
     images, boxes = _checked(images, boxes, inset)
     scores = np.full(len(images), -np.inf)
     for i, (image, box) in enumerate(zip(images, boxes)):
@@ -217,7 +218,7 @@ def face_chips(images: Sequence[np.ndarray], boxes: Sequence[Sequence[float]] | 
     -------
     ndarray of uint8, shape (N, 150, 150, 3)
     """
-    dlib = _import_dlib()
+    dlib = import_dlib()
     predictor = landmark_model(landmarks)
     images, boxes = _checked(images, boxes, inset)
     chips = np.empty((len(images), CHIP_SIZE, CHIP_SIZE, 3), dtype=np.uint8)
@@ -263,7 +264,7 @@ def chip_descriptors(chips: np.ndarray, network: str = "keras",
     from features import face_resnet
     if num_jitters <= 1:
         return face_resnet.chip_descriptors(chips)
-    jitter = _import_dlib().jitter_image
+    jitter = import_dlib().jitter_image
     return np.stack([face_resnet.chip_descriptors(np.stack(jitter(chip, num_jitters))).mean(0)
                      for chip in chips])
 
@@ -381,7 +382,7 @@ class DlibFaceDescriptor(ImageTransformer):
         if X is not None:
             super().fit(X)
         _check_network(self.network)
-        _import_dlib()
+        import_dlib()
         model_dir()
         return self
 

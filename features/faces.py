@@ -104,9 +104,9 @@ def _check_detector(detector: str) -> str:
 
 @lru_cache(maxsize=1)
 def _mmod_detector():
-    from features.embeddings import _import_dlib, model_dir
+    from features.embeddings import import_dlib, model_dir
 
-    return _import_dlib().cnn_face_detection_model_v1(
+    return import_dlib().cnn_face_detection_model_v1(
         str(model_dir() / "mmod_human_face_detector.dat"))
 
 
@@ -225,9 +225,9 @@ def detect_faces(photo: np.ndarray | Image.Image, detector: str = DEFAULT_DETECT
         Crops (200x200 RGB), boxes in photo pixels, roll and detector score, most
         confident first.
     """
-    from features.embeddings import _import_dlib
+    from features.embeddings import import_dlib
 
-    dlib = _import_dlib()  # the landmarks need it, whatever the detector
+    dlib = import_dlib()  # the landmarks need it, whatever the detector
     _check_detector(detector)
     if min_size < 1:
         raise ValueError(f"min_size must be >= 1, got {min_size!r}")
