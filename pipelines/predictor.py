@@ -26,7 +26,8 @@ Batching
     (:func:`models.svm.with_blas_kernels`: libsvm's values to about 1e-12, many times
     faster); a classifier's label is its most probable class (what the project's
     classifiers' ``predict`` gives), so one pass gives labels and probabilities. A CNN or
-    a stack judges the batch in one pass too. A face's prediction does not depend on the
+    a stack judges the batch in one pass too (a stack's classical members with the same
+    BLAS kernels). A face's prediction does not depend on the
     other faces of a batch beyond float rounding: BLAS and TensorFlow kernels sum in a
     different order for different batch shapes (probabilities move by about 1e-8).
 """
@@ -247,6 +248,7 @@ def _load_joblib(path: Path, allow_other_version: bool) -> dict[str, Any]:
         for member in model.members.values():
             if isinstance(member, cnn.CNNPredictor):
                 _ = member.network
+        with_blas_kernels(model)  # the classical members' SVMs
         return {task: model for task in model.tasks}
     if isinstance(model, Pipeline) and metadata.get("task") in TASKS:
         return {metadata["task"]: model}

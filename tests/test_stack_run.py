@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from models.stack import StackedFaceModel
+from models.svm import BlasSVC, BlasSVR
 from pipelines import predict, stacking
 from pipelines.feature_blocks import FeatureSpec
 from pipelines.photos import FaceSearch, predict_photos
@@ -28,17 +29,19 @@ pytestmark = pytest.mark.skipif(not DATA.is_dir(), reason=f"no UTKFace folder at
 
 @pytest.fixture(scope="module")
 def root(tmp_path_factory) -> Path:
-    """400 faces; two classical runs (16x16 gray and 8x8 colour pixels -> XGBoost) and an
-    untrained CNN as members."""
+    """400 faces; two classical runs (16x16 gray pixels -> XGBoost, 8x8 colour pixels ->
+    RBF SVM) and an untrained CNN as members."""
     from models.cnn import CNNPredictor, build_model
 
     root = tmp_path_factory.mktemp("stack")
     paths = index_folder(DATA).paths
     faces = link_faces(root / "faces", paths[:: len(paths) // N_FACES][:N_FACES])
-    for name, spec in [("gray", FeatureSpec("pixels", (16, 16), "gray", 10)),
-                       ("colour", FeatureSpec("pixels", (8, 8), "rgb", 10))]:
-        config = TrainConfig(features=(spec,), model="xgboost", tasks=stacking.STACK_TASKS,
-                             params={"n_estimators": 10, "max_depth": 2})
+    for name, spec, model, params in [
+            ("gray", FeatureSpec("pixels", (16, 16), "gray", 10), "xgboost",
+             {"n_estimators": 10, "max_depth": 2}),
+            ("colour", FeatureSpec("pixels", (8, 8), "rgb", 10), "svm", {})]:
+        config = TrainConfig(features=(spec,), model=model, tasks=stacking.STACK_TASKS,
+                             params=params)
         run_classical(faces, config, split_path=root / "split.json", out_dir=root / name,
                       progress=False)
     (root / "cnn").mkdir()
@@ -118,8 +121,14 @@ def test_the_saved_stack_predicts_alone_and_through_predict(root, stacked, tmp_p
     model = joblib.load(out / "stack_model.joblib")
     alone = model.predict(faces)
     assert set(alone) == set(stacking.STACK_TASKS)
+    predictor = load_predictor(out)
+    # the loaded stack's SVM member predicts through BLAS kernels (same outputs, below)
+    svm_member = predictor.network.members["rgb"]
+    assert isinstance(svm_member["age"][-1].model, BlasSVR)
+    calibrated = svm_member["gender"][-1].model.calibrated_classifiers_[0]
+    assert isinstance(calibrated.estimator.estimator, BlasSVC)
     records = [record for (record,) in predict_photos(
-        load_predictor(out), faces, search=FaceSearch(None), progress=False)]
+        predictor, faces, search=FaceSearch(None), progress=False)]
     assert [record["gender"] for record in records] == \
         [("male", "female")[code] for code in alone["gender"]]
     np.testing.assert_allclose([record["age"] for record in records], alone["age"], atol=1e-6)
