@@ -25,7 +25,7 @@ finds no face) gives NaN outputs for it; the combiner then reads, in its place, 
 mean output of the members that did judge the face.
 
 Pipelines with equal first steps (compared by ``joblib.hash``) share one feature
-extraction, across members too. Pickling stores the members as they pickle
+extraction, across members too, and so do equal blocks inside their feature unions. Pickling stores the members as they pickle
 themselves (a ``CNNPredictor`` as its ``.keras`` bytes), so one ``joblib.dump`` holds
 the whole model.
 """
@@ -44,6 +44,7 @@ from sklearn.linear_model import LinearRegression, LogisticRegression, QuantileR
 from sklearn.metrics import log_loss, make_scorer
 from sklearn.model_selection import (GridSearchCV, KFold, StratifiedKFold, cross_val_predict,
                                      cross_val_score)
+from sklearn.pipeline import FeatureUnion
 from tqdm.auto import tqdm
 
 from models.postprocessing import equalized_odds_labels, fit_equalized_odds
@@ -96,6 +97,23 @@ def is_multitask(member: Any) -> bool:
 def member_tasks(member: Any) -> tuple[str, ...]:
     """The tasks a member predicts."""
     return tuple(member.tasks) if is_multitask(member) else tuple(member)
+
+
+def _shared_features(step: Any, X, features: dict[str, np.ndarray]) -> np.ndarray:
+    """``step.transform(X)`` as float64, kept in ``features`` under the step's
+    ``joblib.hash``. An unweighted ``FeatureUnion`` is assembled from its transformers'
+    kept outputs, so a block that several members' unions hold (dlib's descriptors,
+    HOG) is extracted once per batch."""
+    key = joblib.hash(step)
+    if key not in features:
+        if (isinstance(step, FeatureUnion) and step.transformer_list
+                and step.transformer_weights is None
+                and not any(isinstance(part, str) for _, part in step.transformer_list)):
+            features[key] = np.hstack([_shared_features(part, X, features)
+                                       for _, part in step.transformer_list])
+        else:
+            features[key] = np.asarray(step.transform(X), dtype=np.float64)
+    return features[key]
 
 
 def _as_batch(X) -> Sequence:
@@ -161,10 +179,7 @@ class StackedFaceModel(BaseEstimator):
         outputs = {}
         for task in tasks:
             pipeline = pipelines[task]
-            key = joblib.hash(pipeline[0])
-            if key not in features:
-                features[key] = np.asarray(pipeline[0].transform(X), dtype=np.float64)
-            rows = features[key]
+            rows = _shared_features(pipeline[0], X, features)
             found = ~np.isnan(rows).any(axis=1)
             if task in REGRESSION_TASKS:
                 values = np.full(len(rows), np.nan)

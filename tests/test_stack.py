@@ -4,7 +4,7 @@ from __future__ import annotations
 import joblib
 import numpy as np
 import pytest
-from sklearn.pipeline import Pipeline
+from sklearn.pipeline import FeatureUnion, Pipeline
 from sklearn.preprocessing import FunctionTransformer
 from sklearn.linear_model import LinearRegression, LogisticRegression
 
@@ -226,3 +226,31 @@ def test_pipeline_members_share_their_feature_step_and_skip_nan_rows() -> None:
     np.testing.assert_allclose(outputs["ages"]["age"][[0, 1, 15]], [0.0, 2.0, 30.0], atol=1e-9)
     assert outputs["classes"]["gender"].shape == (16, 2)
     assert not np.isnan(np.delete(outputs["classes"]["gender"], 5, axis=0)).any()
+
+
+def _squares(X) -> np.ndarray:
+    return _features(X) ** 2
+
+
+def test_blocks_shared_by_feature_unions_are_extracted_once_per_batch() -> None:
+    x = np.arange(40, dtype=float)[:, None]
+    gender = (x[:, 0] % 2).astype(int)
+    shared = FunctionTransformer(_features)
+    both = FeatureUnion([("number", shared), ("square", FunctionTransformer(_squares))])
+    members = {
+        "both": {"gender": Pipeline([("features", both), ("model", LogisticRegression().fit(
+            np.hstack([x, x ** 2]), gender))])},
+        "one": {"age": Pipeline([("features", FeatureUnion([("number", shared)])),
+                                 ("model", LinearRegression().fit(x, 2 * x[:, 0]))])}}
+    FEATURE_CALLS.clear()
+    some = faces(range(16))
+    outputs = StackedFaceModel(members, batch_size=8).member_outputs(some)
+    # per batch: the shared block once, and once more inside the squares
+    assert FEATURE_CALLS == [8, 8, 8, 8]
+    kept = np.delete(np.arange(16), 5)
+    some_kept = [some[row] for row in kept]
+    np.testing.assert_allclose(outputs["both"]["gender"][kept],
+                               members["both"]["gender"].predict_proba(some_kept))
+    np.testing.assert_allclose(outputs["one"]["age"][kept],
+                               members["one"]["age"].predict(some_kept))
+    assert np.isnan(outputs["both"]["gender"][5]).all() and np.isnan(outputs["one"]["age"][5])
