@@ -25,9 +25,9 @@ finds no face) gives NaN outputs for it; the combiner then reads, in its place, 
 mean output of the members that did judge the face.
 
 Pipelines with equal first steps (compared by ``joblib.hash``) share one feature
-extraction, across members too, and so do equal blocks inside their feature unions. Pickling stores the members as they pickle
-themselves (a ``CNNPredictor`` as its ``.keras`` bytes), so one ``joblib.dump`` holds
-the whole model.
+extraction, across members too, and so do equal blocks inside their feature unions.
+Pickling stores the members as they pickle themselves (a ``CNNPredictor`` as its
+``.keras`` bytes), so one ``joblib.dump`` holds the whole model.
 """
 from __future__ import annotations
 

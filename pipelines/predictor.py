@@ -27,9 +27,9 @@ Batching
     faster); a classifier's label is its most probable class (what the project's
     classifiers' ``predict`` gives), so one pass gives labels and probabilities. A CNN or
     a stack judges the batch in one pass too (a stack's classical members with the same
-    BLAS kernels). A face's prediction does not depend on the
-    other faces of a batch beyond float rounding: BLAS and TensorFlow kernels sum in a
-    different order for different batch shapes (probabilities move by about 1e-8).
+    BLAS kernels). A face's prediction does not depend on the other faces of a batch
+    beyond float rounding: BLAS and TensorFlow kernels sum in a different order for
+    different batch shapes (probabilities move by about 1e-8).
 """
 from __future__ import annotations
 
