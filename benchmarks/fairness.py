@@ -8,8 +8,9 @@ of gender between ethnicities, the same accuracies among faces of 20 and over (t
 ethnicities' age mix differs: children's gender is the hard part), and the recall of
 "Others". Validation figures come from the run's saved model (outputs cached as the
 stack caches them); a stack's combiners were fitted on the validation faces, so it gets
-test figures only, read from its run folder's per-face predictions. Writes ``OUT.md`` (the table), ``OUT.csv`` and
-``OUT.png`` (gender: overall against worst-ethnicity accuracy on the test faces).
+test figures only, read from its run folder's per-face predictions. Writes ``OUT.md``
+(the table), ``OUT.csv`` and ``OUT.png`` (gender: overall against worst-ethnicity
+accuracy on the test faces).
 """
 from __future__ import annotations
 
