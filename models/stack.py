@@ -24,8 +24,10 @@ A member that cannot judge a face (a descriptor pipeline gives NaN features when
 finds no face) gives NaN outputs for it; the combiner then reads, in its place, the
 mean output of the members that did judge the face.
 
-Pipelines with equal first steps (compared by ``joblib.hash``) share one feature
-extraction, across members too, and so do equal blocks inside their feature unions.
+Equal steps (compared by ``joblib.hash``) run once per batch, across members too:
+pipelines' first steps (feature extraction), the blocks inside their feature unions, and
+the blocks' own first steps (the image loaders: a face is read or resized once per size
+and colour).
 Pickling stores the members as they pickle themselves (a ``CNNPredictor`` as its
 ``.keras`` bytes), so one ``joblib.dump`` holds the whole model.
 """
@@ -44,7 +46,7 @@ from sklearn.linear_model import LinearRegression, LogisticRegression, QuantileR
 from sklearn.metrics import log_loss, make_scorer
 from sklearn.model_selection import (GridSearchCV, KFold, StratifiedKFold, cross_val_predict,
                                      cross_val_score)
-from sklearn.pipeline import FeatureUnion
+from sklearn.pipeline import FeatureUnion, Pipeline
 from tqdm.auto import tqdm
 
 from models.postprocessing import equalized_odds_labels, fit_equalized_odds
@@ -99,21 +101,28 @@ def member_tasks(member: Any) -> tuple[str, ...]:
     return tuple(member.tasks) if is_multitask(member) else tuple(member)
 
 
-def _shared_features(step: Any, X, features: dict[str, np.ndarray]) -> np.ndarray:
-    """``step.transform(X)`` as float64, kept in ``features`` under the step's
-    ``joblib.hash``. An unweighted ``FeatureUnion`` is assembled from its transformers'
-    kept outputs, so a block that several members' unions hold (dlib's descriptors,
-    HOG) is extracted once per batch."""
+def _shared_output(step: Any, X, cache: dict[str, Any]) -> Any:
+    """``step.transform(X)``, kept in ``cache`` under the step's ``joblib.hash``, so that
+    equal steps across members run once per batch. A ``Pipeline`` reuses the kept output
+    of its first step (the image loader that many feature blocks share); an unweighted
+    ``FeatureUnion`` is assembled from its transformers' kept outputs (dlib's
+    descriptors, HOG)."""
     key = joblib.hash(step)
-    if key not in features:
-        if (isinstance(step, FeatureUnion) and step.transformer_list
+    if key not in cache:
+        if isinstance(step, Pipeline) and len(step.steps) > 1:
+            data = _shared_output(step.steps[0][1], X, cache)
+            for _, later in step.steps[1:]:
+                if later is not None and later != "passthrough":
+                    data = later.transform(data)
+            cache[key] = data
+        elif (isinstance(step, FeatureUnion) and step.transformer_list
                 and step.transformer_weights is None
                 and not any(isinstance(part, str) for _, part in step.transformer_list)):
-            features[key] = np.hstack([_shared_features(part, X, features)
-                                       for _, part in step.transformer_list])
+            cache[key] = np.hstack([np.asarray(_shared_output(part, X, cache), dtype=np.float64)
+                                    for _, part in step.transformer_list])
         else:
-            features[key] = np.asarray(step.transform(X), dtype=np.float64)
-    return features[key]
+            cache[key] = step.transform(X)
+    return cache[key]
 
 
 def _as_batch(X) -> Sequence:
@@ -175,11 +184,11 @@ class StackedFaceModel(BaseEstimator):
     # --- member outputs -----------------------------------------------------------------
 
     def _pipeline_outputs(self, name: str, pipelines: Mapping[str, Any], X,
-                          features: dict[str, np.ndarray], tasks: Sequence[str]) -> dict:
+                          shared: dict[str, Any], tasks: Sequence[str]) -> dict:
         outputs = {}
         for task in tasks:
             pipeline = pipelines[task]
-            rows = _shared_features(pipeline[0], X, features)
+            rows = np.asarray(_shared_output(pipeline[0], X, shared), dtype=np.float64)
             found = ~np.isnan(rows).any(axis=1)
             if task in REGRESSION_TASKS:
                 values = np.full(len(rows), np.nan)
@@ -237,7 +246,7 @@ class StackedFaceModel(BaseEstimator):
         starts = range(0, len(X), self.batch_size)
         for start in tqdm(starts, desc="member outputs", unit="batch", disable=not progress):
             batch = X[start:start + self.batch_size]
-            features: dict[str, np.ndarray] = {}
+            shared: dict[str, Any] = {}
             for name, member in self.members.items():
                 wanted = list(chunks[name])
                 if not wanted:
@@ -245,7 +254,7 @@ class StackedFaceModel(BaseEstimator):
                 if is_multitask(member):
                     result = member.task_outputs(batch)
                 else:
-                    result = self._pipeline_outputs(name, member, batch, features, wanted)
+                    result = self._pipeline_outputs(name, member, batch, shared, wanted)
                 for task in wanted:
                     chunks[name][task].append(np.asarray(result[task], dtype=np.float64))
         return {name: {task: np.concatenate(parts) for task, parts in tasks_.items()}

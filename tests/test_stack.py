@@ -254,3 +254,43 @@ def test_blocks_shared_by_feature_unions_are_extracted_once_per_batch() -> None:
     np.testing.assert_allclose(outputs["one"]["age"][kept],
                                members["one"]["age"].predict(some_kept))
     assert np.isnan(outputs["both"]["gender"][5]).all() and np.isnan(outputs["one"]["age"][5])
+
+
+def test_image_loaders_shared_by_feature_blocks_read_each_face_once(tmp_path,
+                                                                      monkeypatch) -> None:
+    from PIL import Image
+
+    import features.loader
+    from features.hog import HOGFeatures
+    from features.loader import ImageLoader
+    from features.pixels import PixelFeatures
+
+    rng = np.random.default_rng(0)
+    paths = []
+    for row in range(6):
+        paths.append(tmp_path / f"face{row}.png")
+        Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(paths[-1])
+    reads, load_image = [], features.loader.load_image
+    monkeypatch.setattr(features.loader, "load_image",
+                        lambda path, *args: reads.append(path) or load_image(path, *args))
+
+    def block(size, extractor) -> Pipeline:
+        return Pipeline([("load", ImageLoader(size, "gray")), ("extract", extractor)])
+
+    def member(blocks, task) -> dict[str, Pipeline]:
+        union = FeatureUnion([(f"b{i}", part) for i, part in enumerate(blocks)])
+        X = union.transform(paths)
+        y = np.arange(6) % 2 if task == "gender" else np.arange(6.0)
+        model = LogisticRegression() if task == "gender" else LinearRegression()
+        return {task: Pipeline([("features", union), ("model", model.fit(X, y))])}
+
+    members = {  # two blocks on 32x32 faces (one in both members), one on 16x16 faces
+        "a": member([block((32, 32), HOGFeatures()), block((16, 16), PixelFeatures())], "gender"),
+        "b": member([block((32, 32), HOGFeatures(pixels_per_cell=(4, 4))),
+                     block((32, 32), HOGFeatures())], "age")}
+    reads.clear()
+    outputs = StackedFaceModel(members, batch_size=3).member_outputs(paths)
+    assert sorted(map(str, reads)) == sorted(map(str, paths * 2))  # once per loader size
+    # the same outputs as each pipeline's own (whose float32 features give float32 ages)
+    np.testing.assert_allclose(outputs["a"]["gender"], members["a"]["gender"].predict_proba(paths))
+    np.testing.assert_allclose(outputs["b"]["age"], members["b"]["age"].predict(paths), atol=1e-5)
