@@ -160,6 +160,12 @@ def _activations(trunk: keras.Model, chips: np.ndarray, progress: bool) -> np.nd
     return rows
 
 
+def with_mirror_rows(values: np.ndarray) -> np.ndarray:
+    """Per-face values (labels, sample weights) laid out as the training activations of
+    :func:`top_training_data`: the faces, then their mirror images in the same order."""
+    return np.concatenate([values, values])
+
+
 def top_training_data(network: keras.Model,
                       train: tuple[np.ndarray, Mapping[str, np.ndarray]],
                       val: tuple[np.ndarray, Mapping[str, np.ndarray]],
@@ -184,12 +190,13 @@ def top_training_data(network: keras.Model,
     train, val : tuple of (ndarray, dict)
         Activations (float16, to halve their memory) and labels; the training part
         holds the faces, then their mirror images in the same order, the mirror being
-        the augmentation that the cache keeps.
+        the augmentation that the cache keeps (:func:`with_mirror_rows` lays out other
+        per-face values alike).
     """
     trunk, top = split_top(network, tuned_blocks)
     chips, labels = train
     train_rows = np.concatenate([_activations(trunk, chips, progress),
                                  _activations(trunk, chips[:, :, ::-1], progress)])
-    train_labels = {task: np.concatenate([values, values]) for task, values in labels.items()}
+    train_labels = {task: with_mirror_rows(values) for task, values in labels.items()}
     val_rows = _activations(trunk, val[0], progress)
     return top, (train_rows, train_labels), (val_rows, dict(val[1]))

@@ -32,7 +32,8 @@ from models.cnn import (DEFAULT_DESCRIPTOR_WEIGHT, DEFAULT_LABEL_SMOOTHING,
                         CNNPredictor, FitSchedule, build_model, distribution_strategy,
                         fit_network, load_model, network_tasks, resolve_tasks, select_tasks)
 from models.face_model import ARCHITECTURE as FACE_ARCHITECTURE
-from models.face_model import aligned_chips, is_face_model, top_training_data
+from models.face_model import (aligned_chips, is_face_model, top_training_data,
+                               with_mirror_rows)
 from models.precision import check_precision, set_precision
 from models.safety import file_sha256
 from pipelines.artifacts import (CNN_CHECKPOINT_FILE, CNN_MODEL_FILE, CNN_SUMMARY_FILE,
@@ -461,8 +462,8 @@ def _train(network, faces: dict[str, Faces], config: CNNConfig, out: Path,
         trained, train, val = top_training_data(
             network, (aligned_chips(train[0], progress), train[1]),
             (aligned_chips(val[0], progress), val[1]), progress=progress)
-        if weights is not None:  # the activations hold the faces, then their mirror images
-            weights = {task: np.concatenate([values, values]) for task, values in weights.items()}
+        if weights is not None:
+            weights = {task: with_mirror_rows(values) for task, values in weights.items()}
         summary["activations_seconds"] = round(time.perf_counter() - started, 1)
         logger.info("aligned the faces and cached the frozen trunk's activations in %.0f s",
                     summary["activations_seconds"])
