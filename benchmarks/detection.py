@@ -13,14 +13,14 @@ loaded once, ``--n-jobs`` workers) and scores:
   predicting; worker start-up included), and the search alone on one core (the first
   :data:`SEARCH_TIMED` photos, :func:`features.faces.detect_faces`);
 - gender and ethnicity accuracy and age MAE of the matched faces, against the same model
-  on those faces' original UTKFace crops (``--no-detect``), and the difference.
+  on those faces' original UTKFace crops (``--no-detect``), the difference and how sure
+  it is (:func:`photo_against_crop`).
 
 Writes ``OUT.md`` (table with the command) and ``OUT.json``.
 """
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import shlex
 import sys
@@ -40,6 +40,7 @@ from pipelines.dataset import default_data_dir, parse_utkface_name
 from pipelines.photos import FaceSearch, predict_photos
 from pipelines.predictor import FacePredictor, load_predictor
 from pipelines.reports import atomic_write_bytes, atomic_write_json
+from pipelines.significance import compare, face_scores
 from pipelines.run import ALL_CORES, LOG_FORMAT
 from pipelines.splits import DEFAULT_MANIFEST, Split
 
@@ -62,15 +63,46 @@ def match_faces(truth: Sequence[PlacedFace], boxes: Sequence[FaceBox]) -> dict[i
     return matched
 
 
-def _scores(records: Sequence[dict[str, Any]], files: Sequence[str]) -> dict[str, float]:
-    """Gender/ethnicity accuracy and age MAE of predicted records against file names."""
+#: Row prefixes of the accuracy figures, per task.
+FIGURES = {"gender": "gender_accuracy", "ethnicity": "ethnicity_accuracy", "age": "age_mae"}
+
+
+def _labels(records: Sequence[dict[str, Any]],
+            files: Sequence[str]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per task, the true and the predicted codes (ages in years) of the records' faces."""
     truth = [parse_utkface_name(file) for file in files]
-    gender = [GENDER_NAMES.index(r["gender"]) == t.gender for r, t in zip(records, truth)]
-    ethnicity = [ETHNICITY_NAMES.index(r["ethnicity"]) == t.ethnicity
-                 for r, t in zip(records, truth)]
-    errors = [abs(r["age"] - t.age) for r, t in zip(records, truth)]
-    return {"gender_accuracy": float(np.mean(gender)),
-            "ethnicity_accuracy": float(np.mean(ethnicity)), "age_mae": float(np.mean(errors))}
+    return {
+        "gender": (np.array([t.gender for t in truth]),
+                   np.array([GENDER_NAMES.index(r["gender"]) for r in records])),
+        "ethnicity": (np.array([t.ethnicity for t in truth]),
+                      np.array([ETHNICITY_NAMES.index(r["ethnicity"]) for r in records])),
+        "age": (np.array([t.age for t in truth], dtype=np.float64),
+                np.array([r["age"] for r in records], dtype=np.float64))}
+
+
+def photo_against_crop(in_photos: Sequence[dict[str, Any]], on_crops: Sequence[dict[str, Any]],
+                       files: Sequence[str]) -> dict[str, Any]:
+    """Accuracy and age MAE of the faces found in photos and of the same faces' crops.
+
+    Per figure (:data:`FIGURES`): ``_photos``, ``_crops``, ``_difference`` (photos minus
+    crops) and how sure that difference is (:func:`pipelines.significance.compare`:
+    ``_p``, McNemar's exact p-value, for an accuracy; ``_ci95``, the paired bootstrap
+    interval, for the MAE), the last two from 2 faces on.
+    """
+    photos, crops = _labels(in_photos, files), _labels(on_crops, files)
+    row: dict[str, Any] = {}
+    for task, figure in FIGURES.items():
+        truth, predicted = photos[task]
+        row[f"{figure}_photos"] = float(face_scores(task, truth, predicted).mean())
+        row[f"{figure}_crops"] = float(face_scores(task, truth, crops[task][1]).mean())
+        row[f"{figure}_difference"] = row[f"{figure}_photos"] - row[f"{figure}_crops"]
+        if len(truth) >= 2:
+            sure = compare(task, truth, predicted, crops[task][1])
+            if "p_mcnemar" in sure:
+                row[f"{figure}_p"] = sure["p_mcnemar"]
+            else:
+                row[f"{figure}_ci95"] = sure["difference_ci95"]
+    return row
 
 
 def score_detector(predictor: FacePredictor, scene_dir: Path, truth: dict[str, list[PlacedFace]],
@@ -98,18 +130,12 @@ def score_detector(predictor: FacePredictor, scene_dir: Path, truth: dict[str, l
     search_seconds = (time.perf_counter() - start) / len(photos[:SEARCH_TIMED])
     crops = list(predict_photos(predictor, [data_dir / file for file in found_files],
                                 search=FaceSearch(None), n_jobs=n_jobs, progress=False))
-    in_photos = _scores(found_records, found_files)
-    on_crops = _scores([records[0] for records in crops], found_files)
-    row: dict[str, Any] = {
-        "detector": detector, "photos": len(photos), "faces": n_faces,
-        "recall": n_found / n_faces, "wrong_box_photos": wrong_photos / len(photos),
-        "photos_per_s": len(photos) / seconds, "seconds": seconds, "matched": n_found,
-        "search_s_per_photo": search_seconds}
-    for key in in_photos:
-        row[f"{key}_photos"] = in_photos[key]
-        row[f"{key}_crops"] = on_crops[key]
-        row[f"{key}_difference"] = in_photos[key] - on_crops[key]
-    return row
+    return {"detector": detector, "photos": len(photos), "faces": n_faces,
+            "recall": n_found / n_faces, "wrong_box_photos": wrong_photos / len(photos),
+            "photos_per_s": len(photos) / seconds, "seconds": seconds, "matched": n_found,
+            "search_s_per_photo": search_seconds,
+            **photo_against_crop(found_records, [records[0] for records in crops],
+                                 found_files)}
 
 
 def _machine() -> str:
@@ -128,20 +154,31 @@ def markdown(rows: Sequence[dict[str, Any]], command: str, settings: dict[str, A
         f"{settings['face_sizes'][0]}-{settings['face_sizes'][1]} px, roll up to "
         f"{settings['max_roll']} degrees), `--n-jobs {settings['n_jobs']}`.", "",
         "Accuracy and MAE are on the faces each detector found; \"crops\" is the same model "
-        "on those faces' UTKFace crops (`--no-detect`).", "",
+        "on those faces' UTKFace crops (`--no-detect`); in brackets the difference, with "
+        "McNemar's exact p-value (accuracy) or the paired bootstrap 95 % interval (MAE).",
+        "",
         "| detector | recall (IoU>=0.5) | photos with a wrong box | photos/s | search s/photo "
         "(1 core) | gender acc (photos / crops) | ethnicity acc (photos / crops) | age MAE "
         "(photos / crops) |",
         "|---|---|---|---|---|---|---|---|"]
     for row in rows:
         cells = [f"{row[f'{key}_photos']:.3f} / {row[f'{key}_crops']:.3f} "
-                 f"({row[f'{key}_difference']:+.3f})"
-                 for key in ("gender_accuracy", "ethnicity_accuracy", "age_mae")]
+                 f"({row[f'{key}_difference']:+.3f}{_sureness(row, key)})"
+                 for key in FIGURES.values()]
         lines.append(f"| {row['detector']} | {row['recall']:.3f} ({row['matched']}/"
                      f"{row['faces']}) | {row['wrong_box_photos']:.3f} | "
                      f"{row['photos_per_s']:.2f} | {row['search_s_per_photo']:.2f} | "
                      + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _sureness(row: dict[str, Any], figure: str) -> str:
+    if f"{figure}_p" in row:
+        return f", p {row[f'{figure}_p']:.2f}"
+    if f"{figure}_ci95" in row:
+        low, high = row[f"{figure}_ci95"]
+        return f", {low:+.2f} to {high:+.2f}"
+    return ""
 
 
 def build_parser() -> argparse.ArgumentParser:
