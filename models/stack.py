@@ -109,7 +109,8 @@ def _shared_output(step: Any, X, cache: dict[str, Any]) -> Any:
     descriptors, HOG)."""
     key = joblib.hash(step)
     if key not in cache:
-        if isinstance(step, Pipeline) and len(step.steps) > 1:
+        if (isinstance(step, Pipeline) and len(step.steps) > 1
+                and step.steps[0][1] not in (None, "passthrough")):
             data = _shared_output(step.steps[0][1], X, cache)
             for _, later in step.steps[1:]:
                 if later is not None and later != "passthrough":
