@@ -294,3 +294,14 @@ def test_image_loaders_shared_by_feature_blocks_read_each_face_once(tmp_path,
     # the same outputs as each pipeline's own (whose float32 features give float32 ages)
     np.testing.assert_allclose(outputs["a"]["gender"], members["a"]["gender"].predict_proba(paths))
     np.testing.assert_allclose(outputs["b"]["age"], members["b"]["age"].predict(paths), atol=1e-5)
+
+
+def test_a_block_that_starts_with_passthrough_is_transformed_whole() -> None:
+    x = np.arange(12, dtype=float)[:, None]
+    block = Pipeline([("skip", "passthrough"), ("features", FunctionTransformer(_features))])
+    member = {"age": Pipeline([("features", FeatureUnion([("block", block)])),
+                               ("model", LinearRegression().fit(x, 3 * x[:, 0]))])}
+    outputs = StackedFaceModel({"one": member}, batch_size=4).member_outputs(faces(range(12)))
+    kept = np.delete(np.arange(12), 5)
+    np.testing.assert_allclose(outputs["one"]["age"][kept], 3.0 * kept, atol=1e-9)
+    assert np.isnan(outputs["one"]["age"][5])
