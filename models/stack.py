@@ -313,7 +313,7 @@ class StackedFaceModel(BaseEstimator):
         """Fit the combiners on member outputs already computed (:meth:`member_outputs`).
 
         ``sample_weight`` maps a task to the weights of the faces in its combiner's fit
-        (e.g. :func:`pipelines.fairness.balanced_weights`); a task not in it fits
+        (e.g. :func:`pipelines.fairness.balance_weights`); a task not in it fits
         unweighted. The cross-validated accuracy and MAE count every face alike.
 
         Raises

@@ -305,8 +305,8 @@ def _fit_and_score(parts: dict[str, DatasetIndex], config: TrainConfig, reducer:
                 len(Z_train), threads, "" if fit_client is None else " on the Dask cluster")
     Parallel(n_jobs=threads, prefer="threads")(
         delayed(candidate.fit)(Z_train, parts["train"].labels(candidate.task)[train_rows],
-                               fit_client, _weights(config, candidate.task, parts["train"],
-                                                    train_rows))
+                               fit_client, balance_weights(config.balance, candidate.task,
+                                                           parts["train"], train_rows))
         for candidate in candidates)
 
     features = FeatureUnion([
@@ -345,12 +345,6 @@ def _fit_and_score(parts: dict[str, DatasetIndex], config: TrainConfig, reducer:
 
 #: Folds of the validation faces over which an SVM's sigmoids are fitted (at most).
 _CALIBRATION_FOLDS = 5
-
-
-def _weights(config: TrainConfig, task: str, faces: DatasetIndex,
-             rows: np.ndarray) -> np.ndarray | None:
-    """Sample weights of the training rows fitted for a task (:mod:`pipelines.fairness`)."""
-    return balance_weights(config.balance, task, faces, rows)
 
 
 def with_probabilities(classifier, Z_val: np.ndarray, y_val: np.ndarray):
